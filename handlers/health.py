@@ -1,0 +1,45 @@
+"""GET /health for load balancers and GET /api/v1/status for operators."""
+
+import logging
+import time
+
+from handlers.base import BaseHandler
+from models.db import DatabaseUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+class HealthHandler(BaseHandler):
+    auth_required = False
+
+    async def get(self):
+        try:
+            await self.app.db.run(self.app.db.ping)
+        except DatabaseUnavailable as error:
+            logger.warning("Health check failed: %s", error)
+            self.write_json({"status": "unavailable", "database": "down"}, status=503)
+            return
+        self.write_json({"status": "ok"})
+
+
+class StatusHandler(BaseHandler):
+    async def get(self):
+        self.require_system()
+        app = self.app
+        counts = await app.db.run(app.pending_counts)
+        self.write_json({
+            "version": app.version,
+            "profile": app.config.profile,
+            "node": app.config.node_name,
+            "uptimeSeconds": int(time.time() - app.started_at),
+            "connections": app.registry.connection_count,
+            "onlineUsers": app.registry.online_user_count,
+            "pendingPushes": counts["pending_pushes"],
+            "scheduled": counts["scheduled"],
+        })
+
+
+ROUTES = [
+    (r"/health", HealthHandler),
+    (r"/api/v1/status", StatusHandler),
+]

@@ -1,0 +1,305 @@
+"""The patients' WebSocket at /ws: authentication, frames in and out."""
+
+import asyncio
+import json
+import logging
+import time
+
+import tornado.websocket
+from tornado.iostream import StreamBufferFullError, StreamClosedError
+
+from models.db import DatabaseUnavailable
+from services import validation
+from services.conversations import SYNC_CHANNELS
+from services.connections import encode_frame
+from services.dispatch import SendRequest
+from services.errors import (
+    ApiError,
+    Forbidden,
+    Internal,
+    InvalidArgument,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_TOO_SLOW = 4008
+SYNC_DEFAULT_LIMIT = 200
+SYNC_MAX_LIMIT = 1000
+TYPING_INTERVAL_SECONDS = 1.0
+MAX_MESSAGE_ID = 2**63 - 1
+UNAVAILABLE = Unavailable("The database is unavailable; try again shortly")
+
+
+class IMSocket(tornado.websocket.WebSocketHandler):
+    """One client connection; registered under its user once authenticated."""
+
+    def initialize(self):
+        self.app = self.application.im
+        self.principal = None
+        self._login_timer = None
+        self._expiry_timer = None
+        self._send_times = []
+        self._last_typing = 0.0
+        self._tasks = set()
+
+    def check_origin(self, origin):
+        allowed = self.app.config.allowed_origins
+        return not allowed or origin in allowed
+
+    def get_compression_options(self):
+        return None
+
+    # -- connection life -----------------------------------------------------
+
+    def open(self):
+        stream = self.ws_connection.stream
+        stream.max_write_buffer_size = self.app.config.ws_max_pending_output_bytes
+        token = self.get_query_argument("token", None)
+        if token is not None:
+            self._login(token)
+            return
+        timeout = self.app.config.ws_login_timeout_seconds
+        self._login_timer = asyncio.get_running_loop().call_later(
+            timeout, self._close_unauthenticated
+        )
+
+    def _close_unauthenticated(self):
+        if self.principal is None:
+            self.close(CLOSE_UNAUTHORIZED, "login timeout")
+
+    def _login(self, token):
+        try:
+            principal = self.app.tokens.verify(token)
+        except Unauthorized as error:
+            logger.info("WebSocket login rejected from %s: %s",
+                        self.request.remote_ip, error.message)
+            self.close(CLOSE_UNAUTHORIZED, error.message)
+            return
+        self.principal = principal
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+        expires_in = principal.expires_at - time.time()
+        self._expiry_timer = asyncio.get_running_loop().call_later(
+            max(expires_in, 0), self.close, CLOSE_UNAUTHORIZED, "token expired"
+        )
+        self.app.registry.add(principal.user_id, self)
+        logger.debug("Socket opened for %s", principal.user_id)
+        self._spawn(self._welcome())
+
+    async def _welcome(self):
+        total = await self.app.conversations.total_unread(self.principal.user_id)
+        self.send_frame(
+            {"type": "welcome", "userId": self.principal.user_id, "totalUnread": total}
+        )
+
+    def on_close(self):
+        for timer in (self._login_timer, self._expiry_timer):
+            if timer is not None:
+                timer.cancel()
+        if self.principal is not None:
+            self.app.registry.remove(self.principal.user_id, self)
+            logger.debug("Socket closed for %s (code %s)",
+                         self.principal.user_id, self.close_code)
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- output --------------------------------------------------------------
+
+    def send_frame(self, frame):
+        return self.send_encoded(encode_frame(frame))
+
+    def send_encoded(self, payload):
+        """Write an encoded frame; return False when the socket is gone.
+
+        A client that stops reading is closed with 4008 once its pending
+        output passes the limit, instead of buffering without bound.
+        """
+        if self.ws_connection is None or self.ws_connection.is_closing():
+            return False
+        try:
+            self.write_message(payload)
+        except tornado.websocket.WebSocketClosedError:
+            return False
+        except StreamBufferFullError:
+            user = self.principal.user_id if self.principal else "-"
+            logger.warning("Closing socket of %s: pending output over %d bytes",
+                           user, self.app.config.ws_max_pending_output_bytes)
+            self.ws_connection.stream.max_write_buffer_size = None
+            self.close(CLOSE_TOO_SLOW, "client too slow")
+            return False
+        return True
+
+    def send_error(self, error, ref=None):
+        frame = {"type": "error", "code": error.code, "message": error.message}
+        if error.field:
+            frame["field"] = error.field
+        if ref is not None:
+            frame["ref"] = ref
+        self.send_frame(frame)
+
+    # -- input ---------------------------------------------------------------
+
+    def on_message(self, raw):
+        try:
+            frame = json.loads(raw)
+        except (ValueError, TypeError):
+            self.send_error(InvalidArgument("Frame is not valid JSON"))
+            return
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            self.send_error(InvalidArgument("Frame must be an object with a type"))
+            return
+        kind = frame["type"]
+
+        if self.principal is None:
+            if kind == "login":
+                self._login(frame.get("token"))
+            else:
+                self.send_error(Unauthorized("Log in first"), ref=kind)
+                self.close(CLOSE_UNAUTHORIZED, "login required")
+            return
+
+        handler = FRAME_HANDLERS.get(kind)
+        if handler is None:
+            self.send_error(InvalidArgument(f"Unknown frame type {kind[:32]!r}"), ref=kind[:64])
+            return
+        try:
+            handler(self, frame)
+        except ApiError as error:
+            self.send_error(error, ref=frame.get("clientMsgId") or kind)
+
+    def _on_ping(self, frame):
+        self.send_frame({"type": "pong"})
+
+    def _on_login(self, frame):
+        raise InvalidArgument("Already logged in")
+
+    def _on_send(self, frame):
+        client_msg_id = validation.identifier(frame, "clientMsgId")
+        channel = frame.get("channel")
+        if channel not in ("p2p", "group"):
+            raise InvalidArgument("channel must be p2p or group", field="channel")
+        self._check_send_rate()
+        fields = validation.send_fields(channel, frame)
+        sender = self.principal.user_id
+        if channel == "p2p" and fields["to"] == sender:
+            raise InvalidArgument("A message cannot be sent to its sender", field="to")
+        request = SendRequest(sender=sender, origin_socket=self, **fields)
+        future = self.app.dispatcher.send(request)
+        self._spawn(self._await_send(future, client_msg_id))
+
+    async def _await_send(self, future, client_msg_id):
+        # The dispatcher writes the ``sent`` frame itself, in id order.
+        try:
+            await future
+        except ApiError as error:
+            self.send_error(error, ref=client_msg_id)
+        except DatabaseUnavailable as error:
+            logger.warning("Send %s of %s failed: %s", client_msg_id,
+                           self.principal.user_id, error)
+            self.send_error(UNAVAILABLE, ref=client_msg_id)
+        except Exception:  # noqa: BLE001 - the client must hear back
+            logger.exception("Send %s of %s failed", client_msg_id, self.principal.user_id)
+            self.send_error(Internal("Internal server error"), ref=client_msg_id)
+
+    def _check_send_rate(self):
+        now = time.monotonic()
+        self._send_times = [t for t in self._send_times if now - t < 1.0]
+        if len(self._send_times) >= self.app.config.ws_sends_per_second:
+            raise RateLimited(
+                f"More than {self.app.config.ws_sends_per_second} sends a second"
+            )
+        self._send_times.append(now)
+
+    def _on_sync(self, frame):
+        after = frame.get("after", {channel: 0 for channel in SYNC_CHANNELS})
+        if not isinstance(after, dict) or not after:
+            raise InvalidArgument("after must map channels to message ids", field="after")
+        positions = {}
+        for channel, value in after.items():
+            if channel not in SYNC_CHANNELS:
+                raise InvalidArgument(f"Unknown channel {channel[:16]!r}", field="after")
+            positions[channel] = validation.integer(after, channel, 0, MAX_MESSAGE_ID)
+        limit = frame.get("limit", SYNC_DEFAULT_LIMIT)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidArgument("limit must be a positive integer", field="limit")
+        self._spawn(self._sync(positions, min(limit, SYNC_MAX_LIMIT)))
+
+    async def _sync(self, positions, limit):
+        batches = await self.app.conversations.sync(self.principal.user_id, positions, limit)
+        for channel, messages, has_more in batches:
+            for message in messages:
+                if not self.send_frame({"type": "message", "message": message}):
+                    return
+            self.send_frame({"type": "synced", "channel": channel, "hasMore": has_more})
+
+    def _on_read(self, frame):
+        channel, target = validation.read_target(frame)
+        up_to_id = validation.integer(frame, "upToId", 0, MAX_MESSAGE_ID)
+        self._spawn(self.app.conversations.mark_read(
+            self.principal.user_id, channel, target, up_to_id
+        ))
+
+    def _on_typing(self, frame):
+        now = time.monotonic()
+        if now - self._last_typing < TYPING_INTERVAL_SECONDS:
+            return
+        self._last_typing = now
+        sender = self.principal.user_id
+        if frame.get("group") is not None:
+            group = validation.identifier(frame, "group")
+            self._spawn(self._typing_to_group(group))
+            return
+        peer = validation.identifier(frame, "to")
+        self.app.registry.send([peer], {"type": "typing", "from": sender})
+
+    async def _typing_to_group(self, group):
+        members = (await self.app.directory.get_group(group))["members"]
+        member_ids = [member["userId"] for member in members]
+        sender = self.principal.user_id
+        if sender not in member_ids:
+            raise Forbidden(f"Not a member of group {group!r}", field="group")
+        others = [uid for uid in member_ids if uid != sender]
+        self.app.registry.send(others, {"type": "typing", "from": sender, "group": group})
+
+    # -- background work of this socket --------------------------------------
+
+    def _spawn(self, coroutine):
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task):
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            return
+        if isinstance(error, ApiError):
+            self.send_error(error)
+        elif isinstance(error, DatabaseUnavailable):
+            logger.warning("Database unavailable for socket of %s: %s",
+                           self.principal.user_id if self.principal else "-", error)
+            self.send_error(UNAVAILABLE)
+        elif not isinstance(error, (StreamClosedError,
+                                    tornado.websocket.WebSocketClosedError)):
+            logger.error("Socket task failed for %s",
+                         self.principal.user_id if self.principal else "-",
+                         exc_info=error)
+
+
+FRAME_HANDLERS = {
+    "ping": IMSocket._on_ping,
+    "login": IMSocket._on_login,
+    "send": IMSocket._on_send,
+    "sync": IMSocket._on_sync,
+    "read": IMSocket._on_read,
+    "typing": IMSocket._on_typing,
+}
+
+ROUTES = [(r"/ws", IMSocket)]

@@ -1,0 +1,370 @@
+"""Message sending: store, count, queue pushes, deliver.
+
+Ordering guarantee (API.md: no user sees id N of a channel while a smaller
+id of it can still appear) rests on two mechanisms:
+
+1. Across processes, every transaction that adds messages to a channel
+   first locks that channel's row in ``msg_sequence`` and takes its ids from
+   it (models.sequence). The lock is held until commit, so when id N is
+   committed every smaller id of the channel is committed already. Sync and
+   history read committed rows only, so they can never skip an id.
+2. Within a process, one ``ChannelWriter`` per channel runs these
+   transactions one at a time and writes each batch's frames to the sockets
+   right after its commit, before the next batch starts, so live frames
+   leave in id order.
+
+Throughput comes from group commit: all sends that arrive while a
+transaction runs are stored together in the next one.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from models.db import DatabaseUnavailable
+from models.group import TalkGroup, TalkGroupMember
+from models.message import MODELS, conv_key
+from models.sequence import MsgSequence
+from models.statistic import MsgStatistic, row_key
+from models.user import TalkUser
+from services.errors import ApiError, Forbidden, InvalidArgument, NotFound
+
+logger = logging.getLogger(__name__)
+
+
+def now_ms():
+    return int(time.time() * 1000)
+
+
+@dataclass
+class SendRequest:
+    """A validated send; ``sender`` is a user id, or "system" for system messages."""
+
+    channel: str
+    sender: str
+    content_type: int
+    content: str
+    to: str = None
+    group: str = None
+    group_type: int = None
+    at: list = None
+    title: str = ""
+    summary: str = ""
+    client_msg_id: str = None
+    # The socket that sent it: it gets a ``sent`` frame instead of the message.
+    origin_socket: object = field(default=None, repr=False)
+
+
+@dataclass
+class SendResult:
+    message: dict
+    created: bool
+    online: bool
+    recipients: list = field(default_factory=list)
+
+
+class ChannelWriter:
+    """Stores the sends of one channel in batches, one transaction at a time."""
+
+    def __init__(self, channel, dispatcher, max_batch):
+        self.channel = channel
+        self._dispatcher = dispatcher
+        self._max_batch = max_batch
+        self._queue = []
+        self._draining = False
+
+    @property
+    def busy(self):
+        return self._draining or bool(self._queue)
+
+    def submit(self, request):
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append((request, future))
+        if not self._draining:
+            self._draining = True
+            asyncio.ensure_future(self._drain())
+        return future
+
+    async def _drain(self):
+        try:
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                await self._store_and_deliver(batch)
+        finally:
+            self._draining = False
+
+    async def _store_and_deliver(self, batch):
+        requests = [request for request, _ in batch]
+        try:
+            outcomes = await self._dispatcher.store_batch(self.channel, requests)
+        except Exception as error:  # noqa: BLE001 - every waiter must hear back
+            retry_alone = not isinstance(error, (ApiError, DatabaseUnavailable))
+            if len(batch) > 1 and retry_alone:
+                # One bad request must not fail its neighbours: store each
+                # alone so only the faulty one reports the error.
+                logger.warning(
+                    "Batch of %d %s sends failed (%s); retrying one by one",
+                    len(batch), self.channel, type(error).__name__,
+                )
+                for item in batch:
+                    await self._store_and_deliver([item])
+                return
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+            return
+
+        for (request, future), outcome in zip(batch, outcomes):
+            if isinstance(outcome, SendResult) and outcome.created:
+                self._dispatcher.deliver(request, outcome)
+            elif isinstance(outcome, SendResult):
+                self._dispatcher.answer_origin(request, outcome)
+            if future.done():
+                continue
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+
+class Dispatcher:
+    """Entry point for sending; owns one ChannelWriter per channel."""
+
+    def __init__(self, db, registry, max_batch=200, outbox=None, hooks=None):
+        self._db = db
+        self._registry = registry
+        self.outbox = outbox
+        # Callables run after each delivered message: hook(message, recipients).
+        self.hooks = list(hooks or [])
+        self._writers = {
+            channel: ChannelWriter(channel, self, max_batch) for channel in MODELS
+        }
+        self.messages_stored = {channel: 0 for channel in MODELS}
+
+    async def send(self, request):
+        """Store a message and deliver it; return a SendResult.
+
+        Raises ApiError for a request the data rejects (unknown user or
+        group, not a member) and DatabaseUnavailable when the database is
+        down; nothing is stored or delivered then.
+        """
+        return await self._writers[request.channel].submit(request)
+
+    async def drain(self):
+        """Wait until every queued send has been stored and delivered."""
+        while any(writer.busy for writer in self._writers.values()):
+            await asyncio.sleep(0.01)
+
+    async def store_batch(self, channel, requests):
+        return await self._db.run_transaction(self._store_batch_tx, channel, requests)
+
+    # -- the transaction (runs in a database thread) -------------------------
+
+    def _store_batch_tx(self, conn, channel, requests):
+        """Check, store and count a batch; return one outcome per request.
+
+        An outcome is a SendResult or an ApiError. The channel lock is taken
+        first, so idempotency checks and id allocation see every earlier
+        committed send of the channel.
+        """
+        model = MODELS[channel]
+        first_id = MsgSequence.lock(conn, channel) + 1
+        now = now_ms()
+        cache = _BatchCache(conn)
+        outcomes, rows, stored = [], [], []
+        by_client_id = {}
+
+        for request in requests:
+            try:
+                recipients = self._check(cache, request)
+            except ApiError as error:
+                outcomes.append(error)
+                continue
+
+            if request.client_msg_id:
+                dedupe_key = (request.sender, request.client_msg_id)
+                earlier = by_client_id.get(dedupe_key)
+                existing = earlier.message if earlier else model.find_by_client_id(
+                    conn, request.sender, request.client_msg_id
+                )
+                if existing is not None:
+                    outcomes.append(SendResult(existing, False, False, recipients))
+                    continue
+
+            message_id = first_id + len(rows)
+            row = _row_for(request, message_id, now)
+            rows.append(row)
+            result = SendResult(_message_for(request, message_id, now), True, False, recipients)
+            outcomes.append(result)
+            stored.append((request, result))
+            if request.client_msg_id:
+                by_client_id[(request.sender, request.client_msg_id)] = result
+
+        if not rows:
+            return outcomes
+        model.insert_many(conn, rows)
+        MsgSequence.advance(conn, channel, first_id - 1 + len(rows))
+        self._count(conn, channel, stored)
+
+        for request, result in stored:
+            targets = [uid for uid in result.recipients if uid != request.sender]
+            result.online = any(self._registry.is_online(uid) for uid in targets)
+            if self.outbox is not None:
+                offline = [uid for uid in targets if not self._registry.is_online(uid)]
+                if offline:
+                    self.outbox.enqueue(conn, result.message, offline)
+        return outcomes
+
+    @staticmethod
+    def _check(cache, request):
+        """Check a request against stored data; return the recipient ids."""
+        if request.channel == "system":
+            if not cache.user_exists(request.to):
+                raise NotFound(f"Unknown user {request.to!r}", field="to")
+            return [request.to]
+
+        if not cache.user_exists(request.sender):
+            raise NotFound(f"Unknown user {request.sender!r}", field="from")
+        if request.channel == "p2p":
+            if not cache.user_exists(request.to):
+                raise NotFound(f"Unknown user {request.to!r}", field="to")
+            return [request.to, request.sender]
+
+        group = cache.group(request.group)
+        if group is None:
+            raise NotFound(f"Unknown group {request.group!r}", field="group")
+        if request.group_type is not None and request.group_type != group["type"]:
+            raise InvalidArgument(
+                f"groupType {request.group_type} does not match the group's type "
+                f"{group['type']}",
+                field="groupType",
+            )
+        request.group_type = group["type"]
+        members = cache.members(request.group)
+        if request.sender not in members:
+            raise Forbidden(
+                f"{request.sender!r} is not a member of group {request.group!r}",
+                field="group",
+            )
+        return members
+
+    @staticmethod
+    def _count(conn, channel, stored):
+        """Update every recipient's counters for the stored messages."""
+        if channel == "group":
+            for request, result in stored:
+                MsgStatistic.add_group_message(
+                    conn, request.group, request.sender,
+                    result.message["id"], result.message["timestamp"],
+                )
+            return
+
+        changes = {}
+        for request, result in stored:
+            message_id, created_at = result.message["id"], result.message["timestamp"]
+            if channel == "system":
+                keys = [(row_key(request.to, "system"), 1)]
+            else:
+                keys = [
+                    (row_key(request.to, "p2p", peer_id=request.sender), 1),
+                    (row_key(request.sender, "p2p", peer_id=request.to), 0),
+                ]
+            for key, delta in keys:
+                old_delta = changes.get(key, (0, 0, 0))[0]
+                changes[key] = (old_delta + delta, message_id, created_at)
+        MsgStatistic.add(conn, changes)
+
+    # -- after commit (runs on the IOLoop) -----------------------------------
+
+    def deliver(self, request, result):
+        """Write a stored message to its recipients' and sender's sockets."""
+        message = result.message
+        frame = {"type": "message", "message": message}
+        self._registry.send(result.recipients, frame, exclude=request.origin_socket)
+        self.answer_origin(request, result)
+        self.messages_stored[request.channel] += 1
+        for hook in self.hooks:
+            try:
+                hook(message, result.recipients)
+            except Exception:  # noqa: BLE001 - a hook must not stop delivery
+                logger.exception("Delivery hook failed for %s message %s",
+                                 request.channel, message["id"])
+
+    @staticmethod
+    def answer_origin(request, result):
+        socket = request.origin_socket
+        if socket is not None:
+            socket.send_frame({
+                "type": "sent",
+                "clientMsgId": request.client_msg_id,
+                "message": result.message,
+            })
+
+
+class _BatchCache:
+    """Lookups shared by the requests of one batch transaction."""
+
+    def __init__(self, conn):
+        self._conn = conn
+        self._users = {}
+        self._groups = {}
+        self._members = {}
+
+    def user_exists(self, user_id):
+        if user_id not in self._users:
+            self._users[user_id] = TalkUser.get(self._conn, user_id) is not None
+        return self._users[user_id]
+
+    def group(self, group_id):
+        if group_id not in self._groups:
+            self._groups[group_id] = TalkGroup.get(self._conn, group_id)
+        return self._groups[group_id]
+
+    def members(self, group_id):
+        if group_id not in self._members:
+            self._members[group_id] = TalkGroupMember.member_ids(self._conn, group_id)
+        return self._members[group_id]
+
+
+def _row_for(request, message_id, now):
+    row = {
+        "id": message_id,
+        "content_type": request.content_type,
+        "content": request.content,
+        "client_msg_id": request.client_msg_id,
+        "created_at": now,
+    }
+    if request.channel == "p2p":
+        row.update(from_user=request.sender, to_user=request.to,
+                   conv_key=conv_key(request.sender, request.to))
+    elif request.channel == "group":
+        row.update(from_user=request.sender, group_id=request.group,
+                   group_type=request.group_type,
+                   at_users=json.dumps(request.at) if request.at else None)
+    else:
+        row.update(to_user=request.to, title=request.title, summary=request.summary)
+    return row
+
+
+def _message_for(request, message_id, now):
+    """The API message object of a new message, as models would read it back."""
+    message = {"id": message_id, "channel": request.channel}
+    if request.channel == "p2p":
+        message.update({"from": request.sender, "to": request.to})
+    elif request.channel == "group":
+        message.update({"from": request.sender, "group": request.group,
+                        "groupType": request.group_type})
+        if request.at:
+            message["at"] = request.at
+    else:
+        message.update({"from": "system", "to": request.to,
+                        "title": request.title, "summary": request.summary})
+    message["contentType"] = request.content_type
+    message["content"] = request.content
+    if request.client_msg_id:
+        message["clientMsgId"] = request.client_msg_id
+    message["timestamp"] = now
+    return message
