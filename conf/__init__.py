@@ -7,6 +7,7 @@ and command-line options override both.
 """
 
 import importlib
+import json
 import os
 import secrets
 from dataclasses import dataclass, field, fields
@@ -51,11 +52,47 @@ class Config:
     shutdown_grace_seconds: float = 10.0
     # Origins whose pages may open the WebSocket; empty allows any origin.
     allowed_origins: list = field(default_factory=list)
+    # Outbound HTTP to Getui and WeChat, in seconds.
+    http_connect_timeout_seconds: float = 5.0
+    http_request_timeout_seconds: float = 10.0
+    http_max_clients: int = 20
+    # How often the push and delayed-message jobs look for due rows.
+    push_interval_seconds: float = 1.0
+    schedule_interval_seconds: float = 1.0
+    # Getui REST v2; pushes via Getui are off while the app id is empty.
+    getui_app_id: str = ""
+    getui_app_key: str = ""
+    getui_master_secret: str = ""
+    getui_base_url: str = "https://restapi.getui.com/v2"
+    # WeChat template messages; off while the app id is empty.
+    wechat_app_id: str = ""
+    wechat_app_secret: str = ""
+    wechat_base_url: str = "https://api.weixin.qq.com"
+    wechat_template_id: str = ""
+    # Template key -> source: sender_name, sent_at, excerpt or "text:<fixed>".
+    wechat_field_map: dict = field(default_factory=lambda: {
+        "thing1": "sender_name", "time2": "sent_at", "thing3": "excerpt",
+    })
+    # The patient chat page opened from a template message.
+    wechat_chat_url: str = ""
+    # The token configured for the account's server URL (callback signature).
+    wechat_callback_token: str = ""
     extra: dict = field(default_factory=dict)
 
     @property
     def uses_sqlite(self):
         return self.database_url.startswith("sqlite")
+
+
+def _comma_list(raw):
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _json_object(raw):
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("expected a JSON object")
+    return value
 
 
 # Environment variable → (Config field, type).
@@ -70,9 +107,22 @@ ENVIRONMENT = {
     "IM_LOG_LEVEL": ("log_level", str),
     "IM_MAX_BATCH_SIZE": ("max_batch_size", int),
     "IM_SHUTDOWN_GRACE_SECONDS": ("shutdown_grace_seconds", float),
-    "IM_ALLOWED_ORIGINS": ("allowed_origins", lambda raw: [
-        origin.strip() for origin in raw.split(",") if origin.strip()
-    ]),
+    "IM_ALLOWED_ORIGINS": ("allowed_origins", _comma_list),
+    "IM_HTTP_CONNECT_TIMEOUT_SECONDS": ("http_connect_timeout_seconds", float),
+    "IM_HTTP_REQUEST_TIMEOUT_SECONDS": ("http_request_timeout_seconds", float),
+    "IM_PUSH_INTERVAL_SECONDS": ("push_interval_seconds", float),
+    "IM_SCHEDULE_INTERVAL_SECONDS": ("schedule_interval_seconds", float),
+    "IM_GETUI_APP_ID": ("getui_app_id", str),
+    "IM_GETUI_APP_KEY": ("getui_app_key", str),
+    "IM_GETUI_MASTER_SECRET": ("getui_master_secret", str),
+    "IM_GETUI_BASE_URL": ("getui_base_url", str),
+    "IM_WECHAT_APP_ID": ("wechat_app_id", str),
+    "IM_WECHAT_APP_SECRET": ("wechat_app_secret", str),
+    "IM_WECHAT_BASE_URL": ("wechat_base_url", str),
+    "IM_WECHAT_TEMPLATE_ID": ("wechat_template_id", str),
+    "IM_WECHAT_FIELD_MAP": ("wechat_field_map", _json_object),
+    "IM_WECHAT_CHAT_URL": ("wechat_chat_url", str),
+    "IM_WECHAT_CALLBACK_TOKEN": ("wechat_callback_token", str),
 }
 
 
@@ -95,9 +145,8 @@ def load_config(profile=None, environ=None, overrides=None):
         try:
             values[name] = kind(raw)
         except ValueError:
-            raise ConfigError(
-                f"Invalid {variable}={raw!r}: expected {getattr(kind, '__name__', 'list')}"
-            ) from None
+            expected = getattr(kind, "__name__", "value").lstrip("_").replace("_", " ")
+            raise ConfigError(f"Invalid {variable}: expected {expected}") from None
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = value
@@ -134,6 +183,8 @@ def _finish(config):
         raise ConfigError(
             f"IM_SECRET must be at least {MIN_SECRET_BYTES} bytes long"
         )
+    if config.wechat_app_id and not config.wechat_template_id:
+        raise ConfigError("IM_WECHAT_TEMPLATE_ID is needed when IM_WECHAT_APP_ID is set")
     if not config.node_name:
         config.node_name = f"{os.uname().nodename}:{config.port}"
 

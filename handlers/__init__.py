@@ -4,13 +4,14 @@ import logging
 
 import tornado.web
 
-from handlers import chats, health, sdk, users, ws
+from handlers import chats, health, sdk, users, wechat, ws
 from handlers.base import NotFoundHandler, access_logger, scrub_uri
 
 
 def make_app(im):
     """Build the Tornado Application for an IMServer container."""
-    routes = chats.ROUTES + users.ROUTES + health.ROUTES + ws.ROUTES + sdk.ROUTES
+    routes = (chats.ROUTES + users.ROUTES + health.ROUTES + ws.ROUTES + sdk.ROUTES
+              + wechat.ROUTES)
     config = im.config
     app = tornado.web.Application(
         routes,

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("im.access")
 
 MAX_JSON_BODY_BYTES = 64 * 1024
+MAX_PATH_ID_CHARS = 64
 
 # Form fields that are lists (repeated or comma-separated) or integers.
 FORM_LIST_FIELDS = {"at", "members", "userIds"}
@@ -47,6 +48,8 @@ class BaseHandler(tornado.web.RequestHandler):
     """JSON in, JSON out; subclasses set ``auth_required``."""
 
     auth_required = True
+    # Names of the path arguments, in order, for the field of a path error.
+    path_fields = ("id",)
 
     def initialize(self):
         self.app = self.application.im
@@ -59,6 +62,13 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("X-Request-Id", self.request_id)
         if self.auth_required:
             self.principal = self._authenticate()
+        for index, value in enumerate(self.path_args):
+            if len(value) > MAX_PATH_ID_CHARS:
+                names = self.path_fields
+                raise InvalidArgument(
+                    f"Ids in the path must be 1-{MAX_PATH_ID_CHARS} characters long",
+                    field=names[min(index, len(names) - 1)],
+                )
 
     def _authenticate(self):
         header = self.request.headers.get("Authorization", "")

@@ -5,6 +5,7 @@ import time
 
 from handlers.base import BaseHandler
 from models.db import DatabaseUnavailable
+from services.errors import Unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -17,8 +18,7 @@ class HealthHandler(BaseHandler):
             await self.app.db.run(self.app.db.ping)
         except DatabaseUnavailable as error:
             logger.warning("Health check failed: %s", error)
-            self.write_json({"status": "unavailable", "database": "down"}, status=503)
-            return
+            raise Unavailable("The database is not answering") from None
         self.write_json({"status": "ok"})
 
 

@@ -79,6 +79,8 @@ class GroupMembersHandler(BaseHandler):
 class GroupMemberHandler(BaseHandler):
     """DELETE /api/v1/groups/{id}/members/{userId}."""
 
+    path_fields = ("id", "userId")
+
     async def delete(self, group_id, user_id):
         self.require_system()
         await self.app.directory.remove_member(group_id, user_id)

@@ -1,6 +1,7 @@
 """The patients' WebSocket at /ws: authentication, frames in and out."""
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -46,6 +47,8 @@ class IMSocket(tornado.websocket.WebSocketHandler):
         self._send_times = []
         self._last_typing = 0.0
         self._tasks = set()
+        # Largest message id written to this socket per channel.
+        self._written_upto = {}
 
     def check_origin(self, origin):
         allowed = self.app.config.allowed_origins
@@ -113,12 +116,23 @@ class IMSocket(tornado.websocket.WebSocketHandler):
     def send_frame(self, frame):
         return self.send_encoded(encode_frame(frame))
 
-    def send_encoded(self, payload):
+    def send_encoded(self, payload, message_key=None):
         """Write an encoded frame; return False when the socket is gone.
+
+        ``message_key`` is ``(channel, id)`` of a live message frame. Such a
+        frame is skipped (and True returned) when this socket has already
+        written that id or a larger one of the channel: a sync reply can
+        replay a committed message whose live delivery is still pending, and
+        within one process live frames leave in id order, so every smaller
+        id was written already.
 
         A client that stops reading is closed with 4008 once its pending
         output passes the limit, instead of buffering without bound.
         """
+        if message_key is not None:
+            channel, message_id = message_key
+            if message_id <= self._written_upto.get(channel, 0):
+                return True
         if self.ws_connection is None or self.ws_connection.is_closing():
             return False
         try:
@@ -132,7 +146,12 @@ class IMSocket(tornado.websocket.WebSocketHandler):
             self.ws_connection.stream.max_write_buffer_size = None
             self.close(CLOSE_TOO_SLOW, "client too slow")
             return False
+        if message_key is not None:
+            self._note_written(*message_key)
         return True
+
+    def _note_written(self, channel, message_id):
+        self._written_upto[channel] = max(self._written_upto.get(channel, 0), message_id)
 
     def send_error(self, error, ref=None):
         frame = {"type": "error", "code": error.code, "message": error.message}
@@ -227,7 +246,7 @@ class IMSocket(tornado.websocket.WebSocketHandler):
         limit = frame.get("limit", SYNC_DEFAULT_LIMIT)
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidArgument("limit must be a positive integer", field="limit")
-        self._spawn(self._sync(positions, min(limit, SYNC_MAX_LIMIT)))
+        self._spawn(self._sync(positions, min(limit, SYNC_MAX_LIMIT)), ref="sync")
 
     async def _sync(self, positions, limit):
         batches = await self.app.conversations.sync(self.principal.user_id, positions, limit)
@@ -235,6 +254,7 @@ class IMSocket(tornado.websocket.WebSocketHandler):
             for message in messages:
                 if not self.send_frame({"type": "message", "message": message}):
                     return
+                self._note_written(channel, message["id"])
             self.send_frame({"type": "synced", "channel": channel, "hasMore": has_more})
 
     def _on_read(self, frame):
@@ -242,19 +262,23 @@ class IMSocket(tornado.websocket.WebSocketHandler):
         up_to_id = validation.integer(frame, "upToId", 0, MAX_MESSAGE_ID)
         self._spawn(self.app.conversations.mark_read(
             self.principal.user_id, channel, target, up_to_id
-        ))
+        ), ref="read")
 
     def _on_typing(self, frame):
+        # Validate before the rate check, so a rejected frame uses no slot.
+        group = peer = None
+        if frame.get("group") is not None:
+            group = validation.identifier(frame, "group")
+        else:
+            peer = validation.identifier(frame, "to")
         now = time.monotonic()
         if now - self._last_typing < TYPING_INTERVAL_SECONDS:
             return
         self._last_typing = now
         sender = self.principal.user_id
-        if frame.get("group") is not None:
-            group = validation.identifier(frame, "group")
-            self._spawn(self._typing_to_group(group))
+        if group is not None:
+            self._spawn(self._typing_to_group(group), ref="typing")
             return
-        peer = validation.identifier(frame, "to")
         self.app.registry.send([peer], {"type": "typing", "from": sender})
 
     async def _typing_to_group(self, group):
@@ -268,12 +292,13 @@ class IMSocket(tornado.websocket.WebSocketHandler):
 
     # -- background work of this socket --------------------------------------
 
-    def _spawn(self, coroutine):
+    def _spawn(self, coroutine, ref=None):
+        """Run a coroutine for this socket and report its failure with ``ref``."""
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(functools.partial(self._task_done, ref=ref))
 
-    def _task_done(self, task):
+    def _task_done(self, task, ref=None):
         self._tasks.discard(task)
         if task.cancelled():
             return
@@ -281,11 +306,11 @@ class IMSocket(tornado.websocket.WebSocketHandler):
         if error is None:
             return
         if isinstance(error, ApiError):
-            self.send_error(error)
+            self.send_error(error, ref=ref)
         elif isinstance(error, DatabaseUnavailable):
             logger.warning("Database unavailable for socket of %s: %s",
                            self.principal.user_id if self.principal else "-", error)
-            self.send_error(UNAVAILABLE)
+            self.send_error(UNAVAILABLE, ref=ref)
         elif not isinstance(error, (StreamClosedError,
                                     tornado.websocket.WebSocketClosedError)):
             logger.error("Socket task failed for %s",

@@ -103,19 +103,10 @@ class MsgP2P:
                 {"key": conv_key(user_id, peer_id)},
                 before_id, after_id, limit, cls.to_message,
             )
-        # Two index range scans (to and from) merged here; an OR across
-        # two columns would make MySQL scan far more rows.
         probe_limit = limit + PAGE_PROBE
-        to_rows, _ = _page(
-            conn, "SELECT * FROM msg_p2p", "to_user = :u", {"u": user_id},
-            before_id, after_id, probe_limit, lambda row: row,
-        )
-        from_rows, _ = _page(
-            conn, "SELECT * FROM msg_p2p", "from_user = :u", {"u": user_id},
-            before_id, after_id, probe_limit, lambda row: row,
-        )
+        rows = cls._to_or_from(conn, user_id, before_id, after_id, probe_limit)
         descending = after_id is None
-        merged = _merge_by_id(to_rows, from_rows, probe_limit, descending)
+        merged = _merge_by_id(rows, [], probe_limit, descending)
         has_more = len(merged) > limit
         merged = merged[:limit]
         merged.sort(key=lambda row: row["id"])
@@ -124,17 +115,30 @@ class MsgP2P:
     @classmethod
     def after(cls, conn, user_id, after_id, limit):
         """Messages to or from a user with id > after_id, ascending."""
-        params = {"u": user_id, "a": after_id, "n": limit + PAGE_PROBE}
-        to_rows = conn.query(
-            "SELECT * FROM msg_p2p WHERE to_user = :u AND id > :a ORDER BY id LIMIT :n",
-            **params,
-        )
-        from_rows = conn.query(
-            "SELECT * FROM msg_p2p WHERE from_user = :u AND id > :a ORDER BY id LIMIT :n",
-            **params,
-        )
-        merged = _merge_by_id(to_rows, from_rows, limit + PAGE_PROBE, False)
+        rows = cls._to_or_from(conn, user_id, None, after_id, limit + PAGE_PROBE)
+        merged = _merge_by_id(rows, [], limit + PAGE_PROBE, False)
         return [cls.to_message(row) for row in merged[:limit]], len(merged) > limit
+
+    @staticmethod
+    def _to_or_from(conn, user_id, before_id, after_id, limit):
+        """Up to ``limit`` rows to and up to ``limit`` rows from a user, unsorted.
+
+        Two index range scans (to and from) run as one UNION statement: an OR
+        across two columns would make MySQL scan far more rows, and two
+        statements would read two snapshots under READ COMMITTED, so a page
+        could show a later message without an earlier one committed between
+        them.
+        """
+        to_sql, _ = _page_sql("SELECT * FROM msg_p2p", "to_user = :u",
+                              before_id, after_id)
+        from_sql, _ = _page_sql("SELECT * FROM msg_p2p", "from_user = :u",
+                                before_id, after_id)
+        cursor = after_id if after_id is not None else before_id
+        return conn.query(
+            f"SELECT * FROM ({to_sql}) AS to_rows"
+            f" UNION ALL SELECT * FROM ({from_sql}) AS from_rows",
+            u=user_id, cursor=cursor, n=limit,
+        )
 
     @staticmethod
     def count_unread(conn, user_id, peer_id, after_id):

@@ -35,7 +35,10 @@ class TokenService:
         """Return ``(token, expires_at_ms)`` for a user and role."""
         now = time.time() if now is None else now
         expires_at = int(now + ttl_seconds)
-        claims = {"sub": user_id, "role": role, "iat": int(now), "exp": expires_at}
+        # iat keeps milliseconds (RFC 7519 allows a fractional NumericDate),
+        # so a logout also revokes tokens minted earlier in the same second.
+        issued_at = int(now * 1000) / 1000
+        claims = {"sub": user_id, "role": role, "iat": issued_at, "exp": expires_at}
         token = jwt.encode(claims, self._secret, algorithm=ALGORITHM)
         return token, expires_at * 1000
 
@@ -63,12 +66,13 @@ class TokenService:
         issued_at = claims.get("iat", 0)
         if not isinstance(issued_at, (int, float)):
             raise Unauthorized("Invalid token: bad iat claim")
-        if issued_at < self._revoked_before.get(user_id, 0):
+        revoked_before = self._revoked_before.get(user_id)
+        if revoked_before is not None and issued_at <= revoked_before:
             raise Unauthorized("Token revoked by logout")
         return Principal(user_id, role, issued_at, claims["exp"])
 
     def revoke_before(self, user_id, when_seconds):
-        """Reject tokens of ``user_id`` issued before ``when_seconds``."""
+        """Reject tokens of ``user_id`` issued at or before ``when_seconds``."""
         current = self._revoked_before.get(user_id, 0)
         self._revoked_before[user_id] = max(current, when_seconds)
 

@@ -57,11 +57,13 @@ class ConnectionRegistry:
         handles its own failure (see IMSocket.send_frame).
         """
         payload = encode_frame(frame)
+        message = frame.get("message") if frame.get("type") == "message" else None
+        message_key = (message["channel"], message["id"]) if message else None
         count = 0
         for user_id in user_ids:
             for socket in self.sockets_of(user_id):
                 if socket is exclude:
                     continue
-                if socket.send_encoded(payload):
+                if socket.send_encoded(payload, message_key=message_key):
                     count += 1
         return count

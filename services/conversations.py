@@ -4,6 +4,7 @@ import logging
 
 from models.group import TalkGroup, TalkGroupMember
 from models.message import MODELS, MsgGroup, MsgP2P, MsgSystem
+from models.push import MsgPush
 from models.statistic import MsgStatistic, row_key
 from models.user import TalkUser
 from services.dispatch import now_ms
@@ -206,6 +207,7 @@ class Conversations:
             return model.to_message(row), recipients, False
 
         model.mark_recalled(conn, message_id)
+        MsgPush.cancel_for_message(conn, channel, message_id, now_ms())
         if channel == "group":
             MsgStatistic.uncount_group(conn, row["group_id"], sender, message_id)
         elif channel == "p2p":

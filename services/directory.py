@@ -5,6 +5,7 @@ import secrets
 
 from models.group import TalkGroup, TalkGroupMember
 from models.message import MsgGroup
+from models.push import MsgPush
 from models.sequence import MsgSequence
 from models.statistic import MsgStatistic, row_key
 from models.user import TalkUser, to_user
@@ -45,16 +46,21 @@ class Directory:
     async def logout(self, user_id):
         """Drop push registration, revoke tokens issued so far, close sockets."""
         now = now_ms()
-        changed = await self._db.run_transaction(
-            lambda conn: TalkUser.logout(conn, user_id, now)
-        )
+        changed = await self._db.run_transaction(self._logout_tx, user_id, now)
         if not changed:
             raise NotFound(f"Unknown user {user_id!r}", field="id")
-        self._tokens.revoke_before(user_id, now // 1000)
+        self._tokens.revoke_before(user_id, now / 1000)
         sockets = self._registry.sockets_of(user_id)
         for socket in sockets:
             socket.close(CLOSE_UNAUTHORIZED, "logged out")
         logger.info("Logged out user %s, closed %d sockets", user_id, len(sockets))
+
+    @staticmethod
+    def _logout_tx(conn, user_id, now):
+        changed = TalkUser.logout(conn, user_id, now)
+        if changed:
+            MsgPush.cancel_for_user(conn, user_id, "getui", "logged out", now)
+        return changed
 
     # -- groups --------------------------------------------------------------
 

@@ -218,6 +218,10 @@ class Dispatcher:
                     self.outbox.enqueue(conn, result.message, offline)
         return outcomes
 
+    def check_request(self, conn, request):
+        """Check a request against stored data without storing it."""
+        return self._check(_BatchCache(conn), request)
+
     @staticmethod
     def _check(cache, request):
         """Check a request against stored data; return the recipient ids."""

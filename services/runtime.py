@@ -3,15 +3,23 @@
 import logging
 import time
 
+from tornado.httpclient import AsyncHTTPClient
+
 from conf import VERSION
 from models.db import Database
 from models.schema import apply_schema
+from models.push import MsgPush
 from models.user import TalkUser
 from services.auth import TokenService
 from services.connections import ConnectionRegistry
 from services.conversations import Conversations
 from services.directory import Directory
 from services.dispatch import Dispatcher
+from services.getui import GetuiClient
+from services.jobs import Jobs
+from services.outbox import GETUI, WECHAT, DatabaseTokenStore, PushOutbox, PushSender
+from services.schedule import Schedules
+from services.wechat import WeChatClient
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +35,14 @@ class IMServer:
         self.registry = ConnectionRegistry()
         self.tokens = TokenService(config.secret)
         self.dispatcher = Dispatcher(self.db, self.registry, config.max_batch_size)
+        self.push_senders = {}
+        self.dispatcher.outbox = PushOutbox(self._configured_vendors())
         self.conversations = Conversations(
             self.db, self.registry, config.recall_window_seconds
         )
         self.directory = Directory(self.db, self.registry, self.tokens)
-        # Delayed messages; set by services.schedule when it is wired in.
-        self.schedules = None
+        self.schedules = Schedules(self.db, self.dispatcher, config.node_name)
+        self.jobs = Jobs()
 
     def prepare_database(self):
         """Create the SQLite schema when needed and load token revocations."""
@@ -42,13 +52,81 @@ class IMServer:
         revocations = self.db.transaction(TalkUser.revocations, since_ms)
         self.tokens.load_revocations(revocations)
 
-    async def start(self):
+    def _configured_vendors(self):
+        config = self.config
+        vendors = []
+        if config.getui_app_id:
+            vendors.append(GETUI)
+        if config.wechat_app_id:
+            vendors.append(WECHAT)
+        return vendors
+
+    def _make_push_senders(self):
+        config = self.config
+        AsyncHTTPClient.configure(
+            "tornado.curl_httpclient.CurlAsyncHTTPClient",
+            max_clients=config.http_max_clients,
+        )
+        http = AsyncHTTPClient()
+        timeouts = {
+            "connect_timeout": config.http_connect_timeout_seconds,
+            "request_timeout": config.http_request_timeout_seconds,
+        }
+        node = config.node_name
+        if config.getui_app_id:
+            client = GetuiClient(
+                http, app_id=config.getui_app_id, app_key=config.getui_app_key,
+                master_secret=config.getui_master_secret,
+                base_url=config.getui_base_url, **timeouts,
+            )
+            self.push_senders[GETUI] = PushSender(self.db, node, GETUI, client)
+        if config.wechat_app_id:
+            client = WeChatClient(
+                http, app_id=config.wechat_app_id, app_secret=config.wechat_app_secret,
+                base_url=config.wechat_base_url,
+                token_store=DatabaseTokenStore(self.db, WECHAT), **timeouts,
+            )
+            settings = {
+                "template_id": config.wechat_template_id,
+                "field_map": config.wechat_field_map,
+                "chat_url": config.wechat_chat_url,
+            }
+            self.push_senders[WECHAT] = PushSender(self.db, node, WECHAT, client, settings)
+
+    async def start(self, run_jobs=True):
         """Start background work; call inside the running IOLoop."""
-        logger.info("Node %s ready", self.config.node_name)
+        self._make_push_senders()
+        if run_jobs:
+            await self.schedules.release_own_claims()
+            self.jobs.add("scheduled_messages", self.schedules.run_once,
+                          self.config.schedule_interval_seconds)
+            for vendor, sender in self.push_senders.items():
+                await sender.release_own_claims()
+                self.jobs.add(f"push_{vendor}", sender.run_once,
+                              self.config.push_interval_seconds)
+            self.jobs.start()
+        logger.info("Node %s ready (push vendors: %s)", self.config.node_name,
+                    ", ".join(self.push_senders) or "none")
 
     async def stop(self):
-        """Finish queued sends before the process exits."""
+        """Stop the jobs and finish queued sends before the process exits."""
+        await self.jobs.stop()
         await self.dispatcher.drain()
+
+    async def record_wechat_delivery(self, event):
+        """Store a TEMPLATESENDJOBFINISH report; a user block stops WeChat pushes."""
+        now = int(time.time() * 1000)
+
+        def work(conn):
+            MsgPush.record_delivery(conn, WECHAT, event.msg_id, event.status, now)
+            if event.user_blocked:
+                conn.execute(
+                    "UPDATE talk_user SET wechat_unreachable = 1 WHERE wechat_open_id = :o",
+                    o=event.openid,
+                )
+
+        await self.db.run_transaction(work)
+        logger.info("WeChat delivery report for msgid %s: %s", event.msg_id, event.status)
 
     def pending_counts(self):
         """Counts for /api/v1/status (blocking; run in the database pool)."""

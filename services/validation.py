@@ -33,6 +33,7 @@ def string(body, name, max_chars, required=True, min_chars=1):
     value = require(body, name)
     if not isinstance(value, str):
         raise InvalidArgument(f"Field {name!r} must be a string", field=name)
+    check_unicode(value, name)
     if not min_chars <= len(value) <= max_chars:
         raise InvalidArgument(
             f"Field {name!r} must be {min_chars}-{max_chars} characters long",
@@ -71,6 +72,7 @@ def content(body):
     value = require(body, "content")
     if not isinstance(value, str):
         raise InvalidArgument("Field 'content' must be a string", field="content")
+    check_unicode(value, "content")
     if content_type == CONTENT_TEXT:
         if not 1 <= len(value) <= MAX_TEXT_CHARS:
             raise InvalidArgument(
@@ -80,6 +82,19 @@ def content(body):
     else:
         check_url(value, "content")
     return content_type, value
+
+
+def check_unicode(value, name):
+    """Reject a lone UTF-16 surrogate, which JSON escapes allow ("\\ud800").
+
+    No database encoding can store one, so it would fail at insert time.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(
+            f"Field {name!r} is not valid Unicode text", field=name
+        ) from None
 
 
 def check_url(value, name):
@@ -122,6 +137,7 @@ def id_list(body, name, max_items, required=True):
                 f"Field {name!r} must hold ids of 1-{MAX_ID_CHARS} characters",
                 field=name,
             )
+        check_unicode(item, name)
         if item not in result:
             result.append(item)
     return result
@@ -156,9 +172,7 @@ def send_fields(channel, body):
         fields["to"] = identifier(body, "to")
     if channel == "system":
         fields["title"] = string(body, "title", MAX_TITLE_CHARS)
-        fields["summary"] = string(
-            body, "summary", MAX_SUMMARY_CHARS, required=False, min_chars=0
-        ) or ""
+        fields["summary"] = string(body, "summary", MAX_SUMMARY_CHARS, min_chars=0)
     return fields
 
 

@@ -100,11 +100,14 @@ CREATE TABLE IF NOT EXISTS msg_push (
   claimed_by VARCHAR(64) NULL,
   claimed_until BIGINT NOT NULL DEFAULT 0,
   last_error VARCHAR(255) NULL,
+  vendor_message_id VARCHAR(64) NULL,
+  delivery_status VARCHAR(32) NULL,
   created_at BIGINT NOT NULL,
   updated_at BIGINT NOT NULL,
   PRIMARY KEY (id),
   KEY idx_msg_push_due (status, next_attempt_at),
-  KEY idx_msg_push_user (user_id, vendor, status)
+  KEY idx_msg_push_user (user_id, vendor, status),
+  KEY idx_msg_push_vendor_msg (vendor, vendor_message_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 -- Delayed messages. request holds the validated send request as JSON.
@@ -123,3 +126,15 @@ CREATE TABLE IF NOT EXISTS msg_schedule (
   PRIMARY KEY (id),
   KEY idx_msg_schedule_due (status, send_at)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+-- Vendor access tokens shared by every process of a deployment (one WeChat
+-- access token for all of them). expires_at is in epoch seconds.
+CREATE TABLE IF NOT EXISTS vendor_token (
+  vendor VARCHAR(16) NOT NULL,
+  token VARCHAR(1024) NOT NULL DEFAULT '',
+  expires_at DOUBLE NOT NULL DEFAULT 0,
+  updated_at BIGINT NOT NULL DEFAULT 0,
+  PRIMARY KEY (vendor)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
+
+INSERT IGNORE INTO vendor_token (vendor) VALUES ('wechat'), ('getui');

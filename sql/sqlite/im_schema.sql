@@ -91,11 +91,15 @@ CREATE TABLE IF NOT EXISTS msg_push (
   claimed_by VARCHAR(64) NULL,
   claimed_until BIGINT NOT NULL DEFAULT 0,
   last_error VARCHAR(255) NULL,
+  vendor_message_id VARCHAR(64) NULL,
+  delivery_status VARCHAR(32) NULL,
   created_at BIGINT NOT NULL,
   updated_at BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS idx_msg_push_due ON msg_push (status, next_attempt_at);
 CREATE INDEX IF NOT EXISTS idx_msg_push_user ON msg_push (user_id, vendor, status);
+CREATE INDEX IF NOT EXISTS idx_msg_push_vendor_msg
+  ON msg_push (vendor, vendor_message_id);
 
 CREATE TABLE IF NOT EXISTS msg_schedule (
   id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -110,3 +114,12 @@ CREATE TABLE IF NOT EXISTS msg_schedule (
   created_at BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS idx_msg_schedule_due ON msg_schedule (status, send_at);
+
+CREATE TABLE IF NOT EXISTS vendor_token (
+  vendor VARCHAR(16) NOT NULL PRIMARY KEY,
+  token VARCHAR(1024) NOT NULL DEFAULT '',
+  expires_at DOUBLE NOT NULL DEFAULT 0,
+  updated_at BIGINT NOT NULL DEFAULT 0
+);
+
+INSERT OR IGNORE INTO vendor_token (vendor) VALUES ('wechat'), ('getui');
