@@ -58,6 +58,8 @@ def main(argv):
         print(f"Configuration error: {error}", file=sys.stderr)
         return 2
     logging.getLogger().setLevel(config.log_level.upper())
+    # APScheduler logs every job run at INFO: once a second per job.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
     if command == "initdb":
         return initdb(config)

@@ -58,6 +58,10 @@ class Config:
     http_max_clients: int = 20
     # How often the push and delayed-message jobs look for due rows.
     push_interval_seconds: float = 1.0
+    # Retry policy of a failed push: exponential backoff with jitter.
+    push_initial_backoff_seconds: float = 2.0
+    push_max_backoff_seconds: float = 600.0
+    push_max_attempts: int = 8
     schedule_interval_seconds: float = 1.0
     # Getui REST v2; pushes via Getui are off while the app id is empty.
     getui_app_id: str = ""
@@ -112,6 +116,9 @@ ENVIRONMENT = {
     "IM_HTTP_REQUEST_TIMEOUT_SECONDS": ("http_request_timeout_seconds", float),
     "IM_PUSH_INTERVAL_SECONDS": ("push_interval_seconds", float),
     "IM_SCHEDULE_INTERVAL_SECONDS": ("schedule_interval_seconds", float),
+    "IM_PUSH_INITIAL_BACKOFF_SECONDS": ("push_initial_backoff_seconds", float),
+    "IM_PUSH_MAX_BACKOFF_SECONDS": ("push_max_backoff_seconds", float),
+    "IM_PUSH_MAX_ATTEMPTS": ("push_max_attempts", int),
     "IM_GETUI_APP_ID": ("getui_app_id", str),
     "IM_GETUI_APP_KEY": ("getui_app_key", str),
     "IM_GETUI_MASTER_SECRET": ("getui_master_secret", str),

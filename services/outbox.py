@@ -12,6 +12,7 @@ import json
 import logging
 import random
 import time
+from dataclasses import dataclass
 
 from models.push import CANCELLED, FAILED, PENDING, SENT, MsgPush, VendorToken
 from models.statistic import MsgStatistic
@@ -22,9 +23,6 @@ from services.wechat import AccessToken, build_template_data
 logger = logging.getLogger(__name__)
 
 GETUI, WECHAT = "getui", "wechat"
-MAX_ATTEMPTS = 8
-INITIAL_BACKOFF_SECONDS = 2.0
-MAX_BACKOFF_SECONDS = 600.0
 CLAIM_LEASE_SECONDS = 60
 CLAIM_BATCH_SIZE = 50
 EXCERPT_CHARS = 60
@@ -40,10 +38,21 @@ def excerpt_of(message):
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
 
 
-def backoff_seconds(attempts):
-    """Exponential backoff with full jitter for the given failed-attempt count."""
-    ceiling = min(MAX_BACKOFF_SECONDS, INITIAL_BACKOFF_SECONDS * 2 ** (attempts - 1))
-    return random.uniform(ceiling / 2, ceiling)
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When to retry a failed push; times in seconds."""
+
+    initial_backoff_seconds: float = 2.0
+    max_backoff_seconds: float = 600.0
+    max_attempts: int = 8
+
+    def backoff_seconds(self, attempts):
+        """Exponential backoff with jitter for the given failed-attempt count."""
+        ceiling = min(
+            self.max_backoff_seconds,
+            self.initial_backoff_seconds * 2 ** (attempts - 1),
+        )
+        return random.uniform(ceiling / 2, ceiling)
 
 
 class PushOutbox:
@@ -113,8 +122,9 @@ class DatabaseTokenStore:
 class PushSender:
     """Claims due outbox rows of one vendor and sends them."""
 
-    def __init__(self, db, node, vendor, client, wechat_settings=None):
+    def __init__(self, db, node, vendor, client, wechat_settings=None, retry=None):
         self._db = db
+        self._retry = retry or RetryPolicy()
         self._node = node
         self.vendor = vendor
         self._client = client
@@ -196,7 +206,7 @@ class PushSender:
             await self._drop_target(row)
             await self._finish(row, FAILED, attempts, outcome.detail)
             return
-        if status == PushStatus.PERMANENT or attempts >= MAX_ATTEMPTS:
+        if status == PushStatus.PERMANENT or attempts >= self._retry.max_attempts:
             logger.error("Push %s to %s via %s failed for good after %d attempts: %s",
                          row["id"], row["user_id"], self.vendor, attempts, outcome.detail)
             await self._finish(row, FAILED, attempts, outcome.detail)
@@ -206,10 +216,8 @@ class PushSender:
             delay = seconds_until_next_day(time.time()) + random.uniform(0, 300)
             logger.error("%s daily quota used up; push %s parked for %.0f s",
                          self.vendor, row["id"], delay)
-        elif status == PushStatus.RATE_LIMITED:
-            delay = outcome.retry_after_seconds or backoff_seconds(attempts)
         else:
-            delay = outcome.retry_after_seconds or backoff_seconds(attempts)
+            delay = outcome.retry_after_seconds or self._retry.backoff_seconds(attempts)
         logger.warning("Push %s to %s via %s will retry in %.1f s (attempt %d): %s",
                        row["id"], row["user_id"], self.vendor, delay, attempts,
                        outcome.detail)

@@ -17,7 +17,14 @@ from services.directory import Directory
 from services.dispatch import Dispatcher
 from services.getui import GetuiClient
 from services.jobs import Jobs
-from services.outbox import GETUI, WECHAT, DatabaseTokenStore, PushOutbox, PushSender
+from services.outbox import (
+    GETUI,
+    WECHAT,
+    DatabaseTokenStore,
+    PushOutbox,
+    PushSender,
+    RetryPolicy,
+)
 from services.schedule import Schedules
 from services.wechat import WeChatClient
 
@@ -73,13 +80,18 @@ class IMServer:
             "request_timeout": config.http_request_timeout_seconds,
         }
         node = config.node_name
+        retry = RetryPolicy(
+            config.push_initial_backoff_seconds,
+            config.push_max_backoff_seconds,
+            config.push_max_attempts,
+        )
         if config.getui_app_id:
             client = GetuiClient(
                 http, app_id=config.getui_app_id, app_key=config.getui_app_key,
                 master_secret=config.getui_master_secret,
                 base_url=config.getui_base_url, **timeouts,
             )
-            self.push_senders[GETUI] = PushSender(self.db, node, GETUI, client)
+            self.push_senders[GETUI] = PushSender(self.db, node, GETUI, client, retry=retry)
         if config.wechat_app_id:
             client = WeChatClient(
                 http, app_id=config.wechat_app_id, app_secret=config.wechat_app_secret,
@@ -91,7 +103,9 @@ class IMServer:
                 "field_map": config.wechat_field_map,
                 "chat_url": config.wechat_chat_url,
             }
-            self.push_senders[WECHAT] = PushSender(self.db, node, WECHAT, client, settings)
+            self.push_senders[WECHAT] = PushSender(
+                self.db, node, WECHAT, client, settings, retry=retry
+            )
 
     async def start(self, run_jobs=True):
         """Start background work; call inside the running IOLoop."""
