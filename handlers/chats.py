@@ -98,7 +98,10 @@ class ScheduledHandler(BaseHandler):
     """DELETE /api/v1/chats/scheduled/{id}."""
 
     async def delete(self, raw_id):
-        await self.app.schedules.cancel(self.principal, int(raw_id))
+        schedule_id = int(raw_id)
+        if not 1 <= schedule_id <= MAX_MESSAGE_ID:
+            raise InvalidArgument("Scheduled message id out of range", field="id")
+        await self.app.schedules.cancel(self.principal, schedule_id)
         self.set_status(204)
         self.finish()
 

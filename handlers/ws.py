@@ -49,6 +49,9 @@ class IMSocket(tornado.websocket.WebSocketHandler):
         self._tasks = set()
         # Largest message id written to this socket per channel.
         self._written_upto = {}
+        # Frames waiting for the welcome frame: a list from login until the
+        # welcome is sent, None before and after.
+        self._held = None
 
     def check_origin(self, origin):
         allowed = self.app.config.allowed_origins
@@ -90,15 +93,31 @@ class IMSocket(tornado.websocket.WebSocketHandler):
         self._expiry_timer = asyncio.get_running_loop().call_later(
             max(expires_in, 0), self.close, CLOSE_UNAUTHORIZED, "token expired"
         )
+        self._held = []
         self.app.registry.add(principal.user_id, self)
         logger.debug("Socket opened for %s", principal.user_id)
         self._spawn(self._welcome())
 
     async def _welcome(self):
-        total = await self.app.conversations.total_unread(self.principal.user_id)
-        self.send_frame(
-            {"type": "welcome", "userId": self.principal.user_id, "totalUnread": total}
-        )
+        """Send ``welcome`` first, then the frames that arrived meanwhile.
+
+        The socket is registered before the unread total is read, so no live
+        message is missed; frames for it wait in ``_held`` until then.
+        """
+        user_id = self.principal.user_id
+        try:
+            total = await self.app.conversations.total_unread(user_id)
+        except DatabaseUnavailable as error:
+            # The socket still works for live frames; the client learns the
+            # count from its next read or the recent list.
+            logger.warning("No unread total for welcome of %s: %s", user_id, error)
+            total = None
+        held, self._held = self._held, None
+        self._write(encode_frame(
+            {"type": "welcome", "userId": user_id, "totalUnread": total}
+        ))
+        for payload, message_key in held:
+            self.send_encoded(payload, message_key)
 
     def on_close(self):
         for timer in (self._login_timer, self._expiry_timer):
@@ -129,10 +148,20 @@ class IMSocket(tornado.websocket.WebSocketHandler):
         A client that stops reading is closed with 4008 once its pending
         output passes the limit, instead of buffering without bound.
         """
+        if self._held is not None:
+            self._held.append((payload, message_key))
+            return True
         if message_key is not None:
             channel, message_id = message_key
             if message_id <= self._written_upto.get(channel, 0):
                 return True
+        if not self._write(payload):
+            return False
+        if message_key is not None:
+            self._note_written(*message_key)
+        return True
+
+    def _write(self, payload):
         if self.ws_connection is None or self.ws_connection.is_closing():
             return False
         try:
@@ -146,8 +175,6 @@ class IMSocket(tornado.websocket.WebSocketHandler):
             self.ws_connection.stream.max_write_buffer_size = None
             self.close(CLOSE_TOO_SLOW, "client too slow")
             return False
-        if message_key is not None:
-            self._note_written(*message_key)
         return True
 
     def _note_written(self, channel, message_id):

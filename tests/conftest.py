@@ -268,7 +268,7 @@ class Socket:
 
 
 @pytest.fixture
-def connect(base_url, http_server):
+def connect(base_url, im, http_server):
     """Open a socket: ``await connect(token)`` logs in with a login frame."""
     opened = []
     ws_base = base_url.replace("http://", "ws://")
