@@ -2,7 +2,7 @@
 
 ``IM_PROFILE`` picks one of the modules in this package (``dev``, ``test``,
 ``prod``; default ``dev``). Each module defines ``SETTINGS``, a dict that
-overrides ``DEFAULTS`` below. Environment variables override the profile,
+overrides the defaults of ``Config`` below. Environment variables override the profile,
 and command-line options override both.
 """
 
@@ -18,7 +18,7 @@ VERSION = "1.0.0"
 
 
 class ConfigError(Exception):
-    """The configuration is invalid; the message says which key and why."""
+    """An invalid configuration; the message names the key and the reason."""
 
 
 @dataclass
@@ -55,6 +55,11 @@ class Config:
     shutdown_grace_seconds: float = 10.0
     # Origins whose pages may open the WebSocket; empty allows any origin.
     allowed_origins: list = field(default_factory=list)
+    # Redis URL for cluster mode (several processes); empty runs one process.
+    redis_url: str = ""
+    # A node's users count as online this long after its last refresh.
+    presence_ttl_seconds: float = 30.0
+    presence_refresh_seconds: float = 10.0
     # Outbound HTTP to Getui and WeChat, in seconds.
     http_connect_timeout_seconds: float = 5.0
     http_request_timeout_seconds: float = 10.0
@@ -84,7 +89,6 @@ class Config:
     wechat_chat_url: str = ""
     # The token configured for the account's server URL (callback signature).
     wechat_callback_token: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def uses_sqlite(self):
@@ -115,6 +119,8 @@ ENVIRONMENT = {
     "IM_MAX_BATCH_SIZE": ("max_batch_size", int),
     "IM_SHUTDOWN_GRACE_SECONDS": ("shutdown_grace_seconds", float),
     "IM_ALLOWED_ORIGINS": ("allowed_origins", _comma_list),
+    "IM_REDIS_URL": ("redis_url", str),
+    "IM_PRESENCE_TTL_SECONDS": ("presence_ttl_seconds", float),
     "IM_HTTP_CONNECT_TIMEOUT_SECONDS": ("http_connect_timeout_seconds", float),
     "IM_HTTP_REQUEST_TIMEOUT_SECONDS": ("http_request_timeout_seconds", float),
     "IM_PUSH_INTERVAL_SECONDS": ("push_interval_seconds", float),

@@ -27,8 +27,12 @@ def make_app(im):
 
 
 def log_request(handler):
-    """Access log: 2xx/3xx at debug, 4xx at warning, 5xx at error."""
+    """Record request latency; log 2xx/3xx at debug, 4xx warning, 5xx error."""
     status = handler.get_status()
+    im = getattr(handler.application, "im", None)
+    if im is not None:
+        im.metrics.observe_request(type(handler).__name__, handler.request.method,
+                                   status, handler.request.request_time())
     if status < 400:
         level = logging.DEBUG
     elif status < 500:

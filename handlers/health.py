@@ -18,7 +18,9 @@ class HealthHandler(BaseHandler):
             await self.app.db.run(self.app.db.ping)
         except DatabaseUnavailable as error:
             logger.warning("Health check failed: %s", error)
-            raise Unavailable("The database is not answering") from None
+            raise Unavailable(
+                "The database is unavailable. Try again shortly."
+            ) from None
         self.write_json({"status": "ok"})
 
 
@@ -39,7 +41,17 @@ class StatusHandler(BaseHandler):
         })
 
 
+class MetricsHandler(BaseHandler):
+    """GET /metrics in the Prometheus text format (system token only)."""
+
+    async def get(self):
+        self.require_system()
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(self.app.metrics.render())
+
+
 ROUTES = [
+    (r"/metrics", MetricsHandler),
     (r"/health", HealthHandler),
     (r"/api/v1/status", StatusHandler),
 ]

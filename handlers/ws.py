@@ -42,6 +42,7 @@ class IMSocket(tornado.websocket.WebSocketHandler):
     def initialize(self):
         self.app = self.application.im
         self.principal = None
+        self.socket_id = None
         self._login_timer = None
         self._expiry_timer = None
         self._send_times = []
@@ -94,7 +95,7 @@ class IMSocket(tornado.websocket.WebSocketHandler):
             max(expires_in, 0), self.close, CLOSE_UNAUTHORIZED, "token expired"
         )
         self._held = []
-        self.app.registry.add(principal.user_id, self)
+        self.socket_id = self.app.registry.add(principal.user_id, self)
         logger.debug("Socket opened for %s", principal.user_id)
         self._spawn(self._welcome())
 
@@ -124,7 +125,7 @@ class IMSocket(tornado.websocket.WebSocketHandler):
             if timer is not None:
                 timer.cancel()
         if self.principal is not None:
-            self.app.registry.remove(self.principal.user_id, self)
+            self.app.registry.remove(self.principal.user_id, self, self.socket_id)
             logger.debug("Socket closed for %s (code %s)",
                          self.principal.user_id, self.close_code)
         for task in list(self._tasks):

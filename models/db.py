@@ -10,6 +10,7 @@ on the driver.
 """
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
@@ -140,6 +141,32 @@ class Database:
         finally:
             if lock is not None:
                 lock.release()
+
+    @contextlib.contextmanager
+    def named_lock(self, name, timeout_seconds=30):
+        """Hold a MySQL named lock (GET_LOCK) around a block; no-op on SQLite.
+
+        Unlike a row lock it outlives COMMIT, so work after the commit can
+        stay inside it. The name is scoped to this database. Raises
+        DatabaseUnavailable when the lock cannot be had in time.
+        """
+        if self.dialect != "mysql":
+            yield
+            return
+        full_name = f"im:{self.engine.url.database}:{name}"
+        try:
+            with self.engine.connect() as sa_connection:
+                got = sa_connection.execute(
+                    text("SELECT GET_LOCK(:n, :t)"), {"n": full_name, "t": timeout_seconds}
+                ).scalar()
+                if got != 1:
+                    raise DatabaseUnavailable(f"Timed out waiting for lock {full_name}")
+                try:
+                    yield
+                finally:
+                    sa_connection.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": full_name})
+        except OperationalError as error:
+            raise DatabaseUnavailable(_describe(error)) from error
 
     def query(self, sql, **params):
         return self.transaction(lambda conn: conn.query(sql, **params))

@@ -40,7 +40,8 @@ class Directory:
         if row is None:
             raise NotFound(f"Unknown user {user_id!r}", field="id")
         user = to_user(row, private=private)
-        user["online"] = self._registry.is_online(user_id)
+        online = await self._db.run(self._registry.online_users, [user_id])
+        user["online"] = user_id in online
         return user
 
     async def logout(self, user_id):
@@ -50,6 +51,8 @@ class Directory:
         if not changed:
             raise NotFound(f"Unknown user {user_id!r}", field="id")
         self._tokens.revoke_before(user_id, now / 1000)
+        if self._registry.bus is not None:
+            self._registry.bus.publish_logout(user_id, now / 1000)
         sockets = self._registry.sockets_of(user_id)
         for socket in sockets:
             socket.close(CLOSE_UNAUTHORIZED, "logged out")

@@ -99,7 +99,9 @@ class ChannelWriter:
     async def _store_and_deliver(self, batch):
         requests = [request for request, _ in batch]
         try:
-            outcomes = await self._dispatcher.store_batch(self.channel, requests)
+            outcomes, published = await self._dispatcher.store_batch(
+                self.channel, requests
+            )
         except Exception as error:  # noqa: BLE001 - every waiter must hear back
             retry_alone = not isinstance(error, (ApiError, DatabaseUnavailable))
             if len(batch) > 1 and retry_alone:
@@ -119,7 +121,7 @@ class ChannelWriter:
 
         for (request, future), outcome in zip(batch, outcomes):
             if isinstance(outcome, SendResult) and outcome.created:
-                self._dispatcher.deliver(request, outcome)
+                self._dispatcher.deliver(request, outcome, published)
             elif isinstance(outcome, SendResult):
                 self._dispatcher.answer_origin(request, outcome)
             if future.done():
@@ -159,7 +161,33 @@ class Dispatcher:
             await asyncio.sleep(0.01)
 
     async def store_batch(self, channel, requests):
-        return await self._db.run_transaction(self._store_batch_tx, channel, requests)
+        """Store a batch; return (outcomes, published to the cluster bus)."""
+        if self._registry.bus is None:
+            outcomes = await self._db.run_transaction(
+                self._store_batch_tx, channel, requests
+            )
+            return outcomes, False
+        return await self._db.run(self._store_and_publish, channel, requests)
+
+    def _store_and_publish(self, channel, requests):
+        """Commit and publish under one named lock (worker thread).
+
+        The channel's row lock ends at COMMIT; the named lock also covers
+        the publish, so batches reach Redis in id order (services.cluster).
+        """
+        with self._db.named_lock(f"send:{channel}"):
+            outcomes = self._db.transaction(self._store_batch_tx, channel, requests)
+            deliveries = []
+            for request, outcome in zip(requests, outcomes):
+                if isinstance(outcome, SendResult) and outcome.created:
+                    socket = request.origin_socket
+                    origin = [self._registry.bus.node, socket.socket_id] if socket else None
+                    deliveries.append({"users": outcome.recipients,
+                                       "message": outcome.message, "origin": origin})
+            published = not deliveries or self._registry.bus.publish_deliveries_blocking(
+                channel, deliveries
+            )
+        return outcomes, published
 
     # -- the transaction (runs in a database thread) -------------------------
 
@@ -209,13 +237,14 @@ class Dispatcher:
         MsgSequence.advance(conn, channel, first_id - 1 + len(rows))
         self._count(conn, channel, stored)
 
+        everyone = {uid for _, result in stored for uid in result.recipients}
+        online = self._registry.online_users(everyone)
         for request, result in stored:
             targets = [uid for uid in result.recipients if uid != request.sender]
-            result.online = any(self._registry.is_online(uid) for uid in targets)
-            if self.outbox is not None:
-                offline = [uid for uid in targets if not self._registry.is_online(uid)]
-                if offline:
-                    self.outbox.enqueue(conn, result.message, offline)
+            result.online = any(uid in online for uid in targets)
+            offline = [uid for uid in targets if uid not in online]
+            if offline and self.outbox is not None:
+                self.outbox.enqueue(conn, result.message, offline)
         return outcomes
 
     def check_request(self, conn, request):
@@ -283,12 +312,18 @@ class Dispatcher:
 
     # -- after commit (runs on the IOLoop) -----------------------------------
 
-    def deliver(self, request, result):
-        """Write a stored message to its recipients' and sender's sockets."""
+    def deliver(self, request, result, published=False):
+        """Write a stored message to its recipients' and sender's sockets.
+
+        A batch published to the cluster bus is written by the bus's
+        subscriber instead, on every node, this one included.
+        """
         message = result.message
-        frame = {"type": "message", "message": message}
-        self._registry.send(result.recipients, frame, exclude=request.origin_socket)
-        self.answer_origin(request, result)
+        if not published:
+            frame = {"type": "message", "message": message}
+            self._registry.send(result.recipients, frame,
+                                exclude=request.origin_socket, local_only=True)
+            self.answer_origin(request, result)
         self.messages_stored[request.channel] += 1
         for hook in self.hooks:
             try:

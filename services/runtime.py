@@ -11,12 +11,14 @@ from models.schema import apply_schema
 from models.push import MsgPush
 from models.user import TalkUser
 from services.auth import TokenService
+from services.cluster import ClusterBus
 from services.connections import ConnectionRegistry
 from services.conversations import Conversations
 from services.directory import Directory
 from services.dispatch import Dispatcher
 from services.getui import GetuiClient
 from services.jobs import Jobs
+from services.metrics import Metrics
 from services.outbox import (
     GETUI,
     WECHAT,
@@ -41,6 +43,11 @@ class IMServer:
         self.db = Database(config.database_url, pool_size=config.db_pool_size)
         self.registry = ConnectionRegistry()
         self.tokens = TokenService(config.secret)
+        if config.redis_url:
+            self.registry.bus = ClusterBus(
+                config.redis_url, config.node_name, self.registry, self.tokens,
+                config.presence_ttl_seconds, config.presence_refresh_seconds,
+            )
         self.dispatcher = Dispatcher(self.db, self.registry, config.max_batch_size)
         self.push_senders = {}
         self.dispatcher.outbox = PushOutbox(self._configured_vendors())
@@ -50,6 +57,7 @@ class IMServer:
         self.directory = Directory(self.db, self.registry, self.tokens)
         self.schedules = Schedules(self.db, self.dispatcher, config.node_name)
         self.jobs = Jobs()
+        self.metrics = Metrics(self)
 
     def prepare_database(self):
         """Create the SQLite schema when needed and load token revocations."""
@@ -109,6 +117,8 @@ class IMServer:
 
     async def start(self, run_jobs=True):
         """Start background work; call inside the running IOLoop."""
+        if self.registry.bus is not None:
+            await self.registry.bus.start()
         self._make_push_senders()
         if run_jobs:
             await self.schedules.release_own_claims()
@@ -126,6 +136,8 @@ class IMServer:
         """Stop the jobs and finish queued sends before the process exits."""
         await self.jobs.stop()
         await self.dispatcher.drain()
+        if self.registry.bus is not None:
+            await self.registry.bus.stop()
 
     async def record_wechat_delivery(self, event):
         """Store a TEMPLATESENDJOBFINISH report; a user block stops WeChat pushes."""
