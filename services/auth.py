@@ -28,7 +28,7 @@ class Principal:
 class TokenService:
     def __init__(self, secret):
         self._secret = secret
-        # user id -> time (seconds) before which its tokens are revoked.
+        # user id -> time (seconds) up to which its tokens are revoked.
         self._revoked_before = {}
 
     def mint(self, user_id, role, ttl_seconds, now=None):
