@@ -68,8 +68,8 @@
 
   function conversationTitle(conversation) {
     if (conversation.channel === 'system') return 'System notices';
-    if (conversation.channel === 'group') return conversation.group;
-    return userNames.get(conversation.peer) || conversation.peer;
+    if (conversation.channel === 'group') return conversation.groupName || conversation.group;
+    return userNames.get(conversation.peer) || conversation.peerName || conversation.peer;
   }
 
   function previewText(message) {
@@ -212,6 +212,8 @@
     if (!append) conversations.clear();
     for (const conversation of page.conversations) {
       conversations.set(keyOfConversation(conversation), conversation);
+      // The recent list names the peer, so no profile lookup is needed.
+      if (conversation.peerName) userNames.set(conversation.peer, conversation.peerName);
     }
     const last = page.conversations[page.conversations.length - 1];
     conversationsCursor = last && last.lastMessage ? last.lastMessage.timestamp : null;

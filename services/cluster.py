@@ -17,7 +17,13 @@ Enabled by IM_REDIS_URL. Three things cross processes:
 
 When Redis cannot be reached, each process keeps serving its own sockets
 directly and logs the outage; clients on other processes catch up with
-``sync`` once it returns.
+``sync`` once it returns. A process publishes a batch only while its own
+subscription is up, because otherwise its own sockets would never see it.
+
+NOTE: a socket that stays open through an outage can see a later id of a
+channel while an earlier one, stored by another process, is still to
+come (it arrives only through ``sync``), so the ordering guarantee holds
+across an outage only for clients that reconnect and resume.
 """
 
 import asyncio
@@ -30,9 +36,13 @@ import redis.asyncio as aioredis
 
 logger = logging.getLogger(__name__)
 
-EVENTS_CHANNEL = "im:events"
+# Pub/sub channels are shared by every database of a Redis server, so the
+# channel name carries the database number of IM_REDIS_URL.
+EVENTS_CHANNEL = "im:events:{}"
 PRESENCE_KEY = "im:online:{}"
 RECONNECT_DELAY_SECONDS = 1.0
+# Refreshes per presence TTL, so one late refresh does not expire a user.
+PRESENCE_REFRESHES_PER_TTL = 3
 
 
 class ClusterBus:
@@ -43,13 +53,19 @@ class ClusterBus:
         self._registry = registry
         self._tokens = tokens
         self._ttl = presence_ttl_seconds
-        self._refresh = presence_refresh_seconds
+        self._refresh = min(presence_refresh_seconds,
+                            presence_ttl_seconds / PRESENCE_REFRESHES_PER_TTL)
         # Blocking client for database worker threads; its pool is thread-safe.
         self._sync = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
         self._async = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+        database = self._sync.connection_pool.connection_kwargs.get("db", 0)
+        self._channel = EVENTS_CHANNEL.format(database)
         self._tasks = []
+        # True while this node's subscription is confirmed by Redis.
         self.connected = False
+        # Redis errors seen, for the im_cluster_outages metric.
         self.outages = 0
+        self._outage_logged = False
         self.events_received = 0
 
     # -- life ----------------------------------------------------------------
@@ -76,24 +92,30 @@ class ClusterBus:
         await self._async.aclose()
         self._sync.close()
 
-    def _outage(self, error):
-        if self.connected or self.outages == 0:
-            logger.error("Redis unreachable (%s); serving local sockets only", error)
-        self.connected = False
+    def _outage(self, error, subscription_lost=False):
+        """Count a Redis error, and log a lost subscription or an outage's first error."""
         self.outages += 1
+        if subscription_lost or not self._outage_logged:
+            self._outage_logged = True
+            logger.error("Redis unreachable (%s); serving local sockets only", error)
 
     # -- publishing ----------------------------------------------------------
 
     def publish_deliveries_blocking(self, channel, deliveries):
-        """Publish a stored batch from a worker thread; return False on failure.
+        """Publish a stored batch from a worker thread and return True on success.
 
         ``deliveries`` is a list of ``{"users", "message", "origin"}`` dicts,
         where origin is ``[node, socket_id]`` of a sending socket, or None.
+        Returns False, and the caller writes its own sockets, when publishing
+        fails or this node's subscription is down: Redis would not hand the
+        batch back to this node then.
         """
+        if not self.connected:
+            return False
         event = {"kind": "messages", "node": self.node, "channel": channel,
                  "deliveries": deliveries}
         try:
-            self._sync.publish(EVENTS_CHANNEL, json.dumps(event, ensure_ascii=False))
+            self._sync.publish(self._channel, json.dumps(event, ensure_ascii=False))
         except redis.RedisError as error:
             self._outage(error)
             return False
@@ -113,7 +135,7 @@ class ClusterBus:
 
         async def publish():
             try:
-                await self._async.publish(EVENTS_CHANNEL, payload)
+                await self._async.publish(self._channel, payload)
             except redis.RedisError as error:
                 self._outage(error)
 
@@ -125,21 +147,32 @@ class ClusterBus:
         while True:
             pubsub = self._async.pubsub()
             try:
-                await pubsub.subscribe(EVENTS_CHANNEL)
-                if not self.connected:
-                    logger.info("Subscribed to %s on Redis as node %s",
-                                EVENTS_CHANNEL, self.node)
-                self.connected = True
+                await pubsub.subscribe(self._channel)
                 async for item in pubsub.listen():
                     if item.get("type") == "message":
                         self._handle(item["data"])
+                    elif item.get("type") == "subscribe":
+                        self._subscribed()
             except asyncio.CancelledError:
+                self.connected = False
                 await pubsub.aclose()
                 raise
             except (redis.RedisError, OSError) as error:
-                self._outage(error)
+                lost, self.connected = self.connected, False
+                self._outage(error, subscription_lost=lost)
                 await pubsub.aclose()
                 await asyncio.sleep(RECONNECT_DELAY_SECONDS)
+
+    def _subscribed(self):
+        # Redis has confirmed the subscription: from now on every batch
+        # published, by any node, comes back to this one.
+        self.connected = True
+        if self._outage_logged:
+            logger.warning("Redis reachable again; node %s subscribed to %s",
+                           self.node, self._channel)
+            self._outage_logged = False
+        else:
+            logger.info("Subscribed to %s on Redis as node %s", self._channel, self.node)
 
     def _handle(self, data):
         try:

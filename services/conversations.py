@@ -74,12 +74,26 @@ class Conversations:
             ids = [row["last_msg_id"] for row in rows if row["channel"] == channel]
             last_messages[channel] = model.by_ids(conn, ids)
 
+        peers = TalkUser.by_ids(
+            conn, [row["peer_id"] for row in rows if row["channel"] == "p2p"]
+        )
+        groups = {
+            group_id: TalkGroup.get(conn, group_id)
+            for group_id in {row["group_id"] for row in rows if row["channel"] == "group"}
+        }
         conversations = []
         for row in rows:
             message = last_messages[row["channel"]].get(row["last_msg_id"])
             if message is None:
                 continue
-            conversations.append(_conversation(row, _excerpt(message)))
+            conversation = _conversation(row, _excerpt(message))
+            # Names beside the ids, so a client can label its list without
+            # reading other users' profiles (which is for the user itself).
+            if row["channel"] == "p2p" and row["peer_id"] in peers:
+                conversation["peerName"] = peers[row["peer_id"]]["name"]
+            elif row["channel"] == "group" and groups.get(row["group_id"]):
+                conversation["groupName"] = groups[row["group_id"]]["name"]
+            conversations.append(conversation)
         return {
             "conversations": conversations,
             "totalUnread": MsgStatistic.total_unread(conn, user_id),

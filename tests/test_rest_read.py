@@ -556,9 +556,32 @@ async def test_recent_conversation_has_contract_fields(api, unique):
 
     assert set(state) == {"conversations", "totalUnread", "hasMore"}
     assert state["conversations"] == [{
-        "channel": "p2p", "peer": doctor, "unread": 1, "lastMessage": sent,
+        "channel": "p2p", "peer": doctor, "peerName": doctor, "unread": 1,
+        "lastMessage": sent,
         "peerReadUpToId": state["conversations"][0]["peerReadUpToId"],
     }]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_recent_names_peers_and_groups(api, unique):
+    doctor, patient = unique("doc"), unique("pat")
+    await api.user(doctor, "doctor", name="王医生")
+    await api.user(patient, "patient")
+    group = unique("team")
+    await api.group(group, [doctor, patient], name="签约团队")
+    await send_pm(api, doctor, patient)
+    status, answer, _ = await api.post("/api/v1/chats/gm", {
+        "from": doctor, "group": group, "contentType": 1, "content": "大家好",
+    })
+    assert status == 201, answer
+
+    state = await recent(api, patient)
+
+    by_channel = {item["channel"]: item for item in state["conversations"]}
+    assert by_channel["p2p"]["peerName"] == "王医生"
+    assert by_channel["group"]["groupName"] == "签约团队"
+    assert "groupName" not in by_channel["p2p"]
+    assert "peerName" not in by_channel["group"]
 
 
 @pytest.mark.gen_test(timeout=30)
