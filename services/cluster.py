@@ -16,14 +16,16 @@ Enabled by IM_REDIS_URL. Three things cross processes:
   users fall offline within ``presence_ttl_seconds``.
 
 When Redis cannot be reached, each process keeps serving its own sockets
-directly and logs the outage; clients on other processes catch up with
-``sync`` once it returns. A process publishes a batch only while its own
-subscription is up, because otherwise its own sockets would never see it.
+directly and logs the outage. A process publishes a batch only while its
+own subscription is up, because otherwise its own sockets would never see
+it. Batches that were never published leave a gap in the ids that the
+next published batch reveals; each node then reads the gap from the
+database and writes it first (``_deliver_batches``).
 
-NOTE: a socket that stays open through an outage can see a later id of a
-channel while an earlier one, stored by another process, is still to
-come (it arrives only through ``sync``), so the ordering guarantee holds
-across an outage only for clients that reconnect and resume.
+NOTE: while a node's own Redis link is down, its sockets see its own sends
+at once but other nodes' sends only when the link returns (or through
+``sync``), so during the outage a socket there can see a later id before
+an earlier one.
 """
 
 import asyncio
@@ -41,6 +43,8 @@ logger = logging.getLogger(__name__)
 EVENTS_CHANNEL = "im:events:{}"
 PRESENCE_KEY = "im:online:{}"
 RECONNECT_DELAY_SECONDS = 1.0
+# A larger gap is left to the clients' sync rather than replayed live.
+MAX_GAP_FILL_IDS = 2000
 # Refreshes per presence TTL, so one late refresh does not expire a user.
 PRESENCE_REFRESHES_PER_TTL = 3
 
@@ -67,11 +71,19 @@ class ClusterBus:
         self.outages = 0
         self._outage_logged = False
         self.events_received = 0
+        # Set by IMServer: async fetch_range(channel, after_id, upto_id) that
+        # returns [(message, recipient ids)] stored in that id range.
+        self.fetch_range = None
+        # Largest id of each channel seen in a published batch.
+        self._last_seen = {}
+        self._batches = asyncio.Queue()
+        self.gaps_filled = 0
 
     # -- life ----------------------------------------------------------------
 
     async def start(self):
         self._tasks = [
+            asyncio.ensure_future(self._deliver_batches()),
             asyncio.ensure_future(self._listen()),
             asyncio.ensure_future(self._refresh_presence()),
         ]
@@ -183,7 +195,7 @@ class ClusterBus:
         self.events_received += 1
         kind = event.get("kind")
         if kind == "messages":
-            self._deliver(event)
+            self._batches.put_nowait(event)
         elif event.get("node") == self.node:
             return
         elif kind == "frame":
@@ -192,6 +204,47 @@ class ClusterBus:
             self._tokens.revoke_before(event["user"], event["revokedBefore"])
             for socket in self._registry.sockets_of(event["user"]):
                 socket.close(4001, "logged out")
+
+    async def _deliver_batches(self):
+        """Write published batches in arrival order, filling gaps first.
+
+        The ids of one batch are consecutive, and batches of a channel are
+        published in id order, so a batch that does not start right after
+        the last one seen means some batch was never published (a node
+        whose Redis link was down, or a failed publish). The missing range
+        is read from the database and written first, which keeps live
+        frames gap-free and in id order on this node.
+        """
+        while True:
+            event = await self._batches.get()
+            try:
+                await self._fill_gap(event)
+            except Exception as error:  # noqa: BLE001 - keep delivering later batches
+                logger.warning("Could not fill a %s gap before a batch from %s: %s",
+                               event.get("channel"), event.get("node"), error)
+            self._deliver(event)
+
+    async def _fill_gap(self, event):
+        channel = event["channel"]
+        ids = [delivery["message"]["id"] for delivery in event["deliveries"]]
+        if not ids:
+            return
+        first, last = min(ids), max(ids)
+        seen = self._last_seen.get(channel)
+        self._last_seen[channel] = max(seen or 0, last)
+        if seen is None or first <= seen + 1 or self.fetch_range is None:
+            return
+        if first - seen > MAX_GAP_FILL_IDS:
+            logger.warning("Gap of %d %s ids too large to fill live; clients sync",
+                           first - seen - 1, channel)
+            return
+        missing = await self.fetch_range(channel, seen, first - 1)
+        for message, user_ids in missing:
+            frame = {"type": "message", "message": message}
+            self._registry.send(user_ids, frame, local_only=True)
+        self.gaps_filled += 1
+        logger.info("Filled a gap of %s ids %d-%d with %d messages from the database",
+                    channel, seen + 1, first - 1, len(missing))
 
     def _deliver(self, event):
         own = event["node"] == self.node

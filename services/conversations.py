@@ -58,6 +58,34 @@ class Conversations:
                 batches.append((channel, messages, has_more))
         return batches
 
+    async def messages_between(self, channel, after_id, upto_id):
+        """Return [(message, recipient ids)] with after_id < id <= upto_id."""
+        return await self._db.run_transaction(
+            self._between_tx, channel, after_id, upto_id
+        )
+
+    @staticmethod
+    def _between_tx(conn, channel, after_id, upto_id):
+        model = MODELS[channel]
+        rows = conn.query(
+            f"SELECT * FROM {model.table} WHERE id > :a AND id <= :b ORDER BY id",
+            a=after_id, b=upto_id,
+        )
+        members = {}
+        result = []
+        for row in rows:
+            if channel == "group":
+                group_id = row["group_id"]
+                if group_id not in members:
+                    members[group_id] = TalkGroupMember.member_ids(conn, group_id)
+                recipients = members[group_id]
+            elif channel == "p2p":
+                recipients = [row["to_user"], row["from_user"]]
+            else:
+                recipients = [row["to_user"]]
+            result.append((model.to_message(row), recipients))
+        return result
+
     # -- recent conversations ------------------------------------------------
 
     async def recent(self, user_id, before_at, limit):

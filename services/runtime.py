@@ -18,7 +18,9 @@ from services.directory import Directory
 from services.dispatch import Dispatcher
 from services.getui import GetuiClient
 from services.jobs import Jobs
+from services.limits import Limits
 from services.metrics import Metrics
+from services.origins import OriginPolicy
 from services.outbox import (
     GETUI,
     WECHAT,
@@ -43,6 +45,8 @@ class IMServer:
         self.db = Database(config.database_url, pool_size=config.db_pool_size)
         self.registry = ConnectionRegistry()
         self.tokens = TokenService(config.secret)
+        self.origins = OriginPolicy(config.allowed_origins)
+        self.limits = Limits(config)
         if config.redis_url:
             self.registry.bus = ClusterBus(
                 config.redis_url, config.node_name, self.registry, self.tokens,
@@ -55,6 +59,8 @@ class IMServer:
             self.db, self.registry, config.recall_window_seconds
         )
         self.directory = Directory(self.db, self.registry, self.tokens)
+        if self.registry.bus is not None:
+            self.registry.bus.fetch_range = self.conversations.messages_between
         self.schedules = Schedules(self.db, self.dispatcher, config.node_name)
         self.jobs = Jobs()
         self.metrics = Metrics(self)
