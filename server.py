@@ -14,12 +14,13 @@ import signal
 import sys
 
 import tornado.httpserver
+import tornado.httputil
 import tornado.ioloop
 from tornado.options import define, options, parse_command_line
 
 from conf import VERSION, ConfigError, load_config
 from handlers import make_app
-from models.db import Database
+from models.db import Database, DatabaseUnavailable
 from models.schema import apply_schema
 from services.auth import ROLES, TokenService
 from services.runtime import IMServer
@@ -58,6 +59,8 @@ def main(argv):
         print(f"Configuration error: {error}", file=sys.stderr)
         return 2
     logging.getLogger().setLevel(config.log_level.upper())
+    # Start, stop and the profile in use are logged at every log level.
+    logger.setLevel(logging.INFO)
     # APScheduler logs every job run at INFO: once a second per job.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
@@ -87,6 +90,10 @@ def initdb(config):
     db = Database(config.database_url, pool_size=1)
     try:
         apply_schema(db)
+    except DatabaseUnavailable as error:
+        print(f"Cannot reach the {db.dialect} database ({error}); check --db-url "
+              "or IM_DATABASE_URL", file=sys.stderr)
+        return 1
     finally:
         db.close()
     print(f"Schema applied to the {db.dialect} database")
@@ -128,31 +135,185 @@ def serve(config):
 
 async def _serve_forever(im):
     config = im.config
-    app = make_app(im)
-    server = tornado.httpserver.HTTPServer(
-        app, max_body_size=config.max_body_bytes, xheaders=True
-    )
-    server.listen(config.port, address=config.address)
-    await im.start()
-
+    # Handlers first: a signal that arrives during start-up still shuts
+    # down cleanly instead of killing the process.
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    await stopping.wait()
 
+    app = make_app(im)
+    server = DrainingHTTPServer(
+        app, max_body_size=config.max_body_bytes, xheaders=True
+    )
+    server.listen(config.port, address=config.address)
+    await im.start()
+    await stopping.wait()
+    await _shut_down(im, server)
+
+
+async def _shut_down(im, server):
+    """Stop accepting, close sockets, finish requests and jobs, drain sends.
+
+    Requests and job runs in progress get up to shutdown_grace_seconds in
+    all. Queued sends are always stored, however long that takes.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + im.config.shutdown_grace_seconds
     logger.info("Shutting down: no new connections, closing %d sockets",
                 im.registry.connection_count)
     server.stop()
+    await server.close_idle_connections()
+    _close_sockets(im)
+
+    if not await server.wait_for_requests(deadline - loop.time()):
+        logger.warning("%d connections still busy with a request after %.0f s; "
+                       "closing them", server.busy_count,
+                       im.config.shutdown_grace_seconds)
+    # A WebSocket upgrade that was in progress above has opened a socket since.
+    _close_sockets(im)
+    if not await _finish_running_jobs(im.jobs, deadline - loop.time()):
+        logger.warning("Job runs still in progress after %.0f s; cancelling them",
+                       im.config.shutdown_grace_seconds)
+    await im.stop()
+    await server.close_all_connections()
+
+
+def _close_sockets(im):
     for socket in im.registry.all_sockets():
         socket.close(CLOSE_GOING_AWAY, "server shutting down")
-    await im.stop()
-    try:
-        await asyncio.wait_for(server.close_all_connections(),
-                               timeout=config.shutdown_grace_seconds)
-    except asyncio.TimeoutError:
-        logger.warning("Connections still open after %.0f s; closing anyway",
-                       config.shutdown_grace_seconds)
+
+
+async def _finish_running_jobs(jobs, timeout):
+    """Pause the scheduler and wait for job runs in progress.
+
+    Return False when some are still running after ``timeout`` seconds.
+
+    APScheduler 3.11's AsyncIOExecutor.shutdown() cancels runs in progress,
+    so Jobs.stop() may only follow once they have ended.
+    """
+    # NOTE: this reads private attributes of Jobs and of APScheduler's
+    # executor. It belongs in Jobs.stop().
+    scheduler = jobs._scheduler
+    if not scheduler.running:
+        return True
+    scheduler.pause()
+    running = [future for executor in scheduler._executors.values()
+               for future in getattr(executor, "_pending_futures", ())
+               if not future.done()]
+    if not running:
+        return True
+    _, pending = await asyncio.wait(running, timeout=max(timeout, 0))
+    return not pending
+
+
+class DrainingHTTPServer(tornado.httpserver.HTTPServer):
+    """An HTTPServer that lets the requests in progress finish on shutdown.
+
+    A connection is busy from the arrival of a request's headers until
+    Tornado starts reading the next request on it, which happens once the
+    response has been written, or until it closes. A WebSocket is busy
+    only until its upgrade. After close_idle_connections(), a connection
+    is closed as soon as it stops being busy.
+    """
+
+    def initialize(self, *args, **kwargs):
+        super().initialize(*args, **kwargs)
+        self._open = set()
+        self._busy = set()
+        # Connections being closed. A request read from one of them is
+        # dropped, because its handler could not send the response.
+        self._closing = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._draining = False
+
+    @property
+    def busy_count(self):
+        return len(self._busy)
+
+    def start_request(self, server_conn, request_conn):
+        self._open.add(server_conn)
+        self._mark_idle(server_conn)
+        if self._draining:
+            # The previous response is written, so closing loses nothing.
+            self._closing.add(server_conn)
+            request_conn.close()
+        delegate = super().start_request(server_conn, request_conn)
+        return _RequestGate(delegate, lambda: self._admit(server_conn))
+
+    def on_close(self, server_conn):
+        self._open.discard(server_conn)
+        self._closing.discard(server_conn)
+        self._mark_idle(server_conn)
+        super().on_close(server_conn)
+
+    async def close_idle_connections(self):
+        """Close connections between requests. Busy ones close after their response."""
+        self._draining = True
+        idle = [conn for conn in self._open if conn not in self._busy]
+        self._closing.update(idle)
+        await asyncio.gather(*(conn.close() for conn in idle))
+
+    async def wait_for_requests(self, timeout):
+        """Wait until no request is in progress. Return False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(timeout, 0))
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def close_all_connections(self):
+        self._closing.update(self._open)
+        await super().close_all_connections()
+
+    def _admit(self, server_conn):
+        """Mark a connection busy as its request headers arrive.
+
+        Return False, so that the request is dropped, on a closing connection.
+        """
+        if server_conn in self._closing:
+            return False
+        self._busy.add(server_conn)
+        self._idle.clear()
+        return True
+
+    def _mark_idle(self, server_conn):
+        self._busy.discard(server_conn)
+        if not self._busy:
+            self._idle.set()
+
+
+class _RequestGate(tornado.httputil.HTTPMessageDelegate):
+    """Pass a request on to ``delegate`` only if ``admit()`` allows it.
+
+    Tornado 6.6's IOStream.close() still hands already buffered bytes to
+    a pending read, so a request may arrive on a connection being closed.
+    """
+
+    def __init__(self, delegate, admit):
+        self._delegate = delegate
+        self._admit = admit
+        self._admitted = False
+
+    def headers_received(self, start_line, headers):
+        self._admitted = self._admit()
+        if self._admitted:
+            return self._delegate.headers_received(start_line, headers)
+        return None
+
+    def data_received(self, chunk):
+        if self._admitted:
+            return self._delegate.data_received(chunk)
+        return None
+
+    def finish(self):
+        if self._admitted:
+            self._delegate.finish()
+
+    def on_connection_close(self):
+        if self._admitted:
+            self._delegate.on_connection_close()
 
 
 if __name__ == "__main__":
