@@ -2,6 +2,7 @@
 
 import json
 import logging
+import math
 import re
 import uuid
 from urllib.parse import parse_qsl
@@ -35,8 +36,19 @@ HTTP_CODES = {
     413: "payload_too_large", 415: "unsupported_media_type",
     429: "rate_limited", 503: "unavailable",
 }
-SECRET_QUERY = re.compile(r"((?:access_)?token|sign|secret)=[^&]*", re.IGNORECASE)
+# Query values masked in logs: tokens, secrets and WeChat's callback
+# signatures (a logged signature could be replayed with its nonce).
+SECRET_QUERY = re.compile(
+    r"((?:access_)?token|(?:msg_)?sign(?:ature)?|secret)=[^&]*", re.IGNORECASE
+)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+# CORS: what a page of an allowed origin may send and read, and how long a
+# browser may cache a preflight answer (Chromium caps it at 2 hours).
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-Id"
+CORS_EXPOSE_HEADERS = "Retry-After, X-Request-Id"
+CORS_MAX_AGE_SECONDS = 600
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 
 def scrub_uri(uri):
@@ -56,18 +68,39 @@ class BaseHandler(tornado.web.RequestHandler):
         self.principal = None
         self._body = None
 
+    def set_default_headers(self):
+        # Tornado calls this again when an error replaces the response, so
+        # error answers keep their request id and CORS headers.
+        request_id = getattr(self, "request_id", None)
+        if request_id:
+            self.set_header("X-Request-Id", request_id)
+        self.set_header("Vary", "Origin")
+        origin = self.request.headers.get("Origin")
+        if origin and self.application.im.origins.allows(origin):
+            self.set_header("Access-Control-Allow-Origin", origin)
+            self.set_header("Access-Control-Expose-Headers", CORS_EXPOSE_HEADERS)
+
     async def prepare(self):
         incoming = self.request.headers.get("X-Request-Id", "")
         self.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex[:16]
         self.set_header("X-Request-Id", self.request_id)
+        if self.request.method == "OPTIONS":
+            # Browsers send preflights without credentials; see options().
+            return
         if self.auth_required:
             self.principal = self._authenticate()
         for index, value in enumerate(self.path_args):
+            field = self.path_fields[min(index, len(self.path_fields) - 1)]
             if len(value) > MAX_PATH_ID_CHARS:
-                names = self.path_fields
                 raise InvalidArgument(
                     f"Ids in the path must be 1-{MAX_PATH_ID_CHARS} characters long",
-                    field=names[min(index, len(names) - 1)],
+                    field=field,
+                )
+            if value != value.strip() or not value.isprintable():
+                raise InvalidArgument(
+                    "Ids in the path must not contain control characters or "
+                    "start or end with white space",
+                    field=field,
                 )
 
     def _authenticate(self):
@@ -76,6 +109,36 @@ class BaseHandler(tornado.web.RequestHandler):
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("Missing Authorization: Bearer token")
         return self.app.tokens.verify(token.strip())
+
+    def options(self, *path_args):
+        """Answer a CORS preflight, or list the methods of a plain OPTIONS.
+
+        A preflight from an origin outside ``allowed_origins`` gets 403 and
+        no CORS headers. The browser itself checks the requested method and
+        headers against the lists sent here.
+        """
+        methods = ", ".join(self.allowed_methods())
+        self.set_header("Allow", methods)
+        origin = self.request.headers.get("Origin")
+        if origin is not None:
+            if not self.app.origins.allows(origin):
+                raise Forbidden(
+                    f"Origin {origin[:100]!r} may not call this API; the server's "
+                    "IM_ALLOWED_ORIGINS must list it"
+                )
+            self.set_header("Access-Control-Allow-Methods", methods)
+            self.set_header("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS)
+            self.set_header("Access-Control-Max-Age", str(CORS_MAX_AGE_SECONDS))
+        self.set_status(204)
+        self.finish()
+
+    @classmethod
+    def allowed_methods(cls):
+        """The HTTP methods this handler implements, OPTIONS included."""
+        own = [method for method in HTTP_METHODS
+               if getattr(cls, method.lower()) is not getattr(tornado.web.RequestHandler,
+                                                              method.lower())]
+        return own + ["OPTIONS"]
 
     # -- authorization helpers -----------------------------------------------
 
@@ -134,7 +197,11 @@ class BaseHandler(tornado.web.RequestHandler):
         error = _api_error(kwargs.get("exc_info"), status_code)
         self.set_status(error.status)
         if isinstance(error, ApiError) and getattr(error, "retry_after_seconds", None):
-            self.set_header("Retry-After", str(int(error.retry_after_seconds)))
+            # Retry-After takes whole seconds; rounding down could ask for 0.
+            self.set_header("Retry-After", str(max(1, math.ceil(error.retry_after_seconds))))
+        if error.status == 405:
+            # RFC 9110 section 15.5.6: a 405 lists the methods the resource has.
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.clear_header("Content-Disposition")
         self.finish(json.dumps({"error": error.to_dict()}, ensure_ascii=False))
@@ -220,6 +287,9 @@ def _parse_json(raw):
         body = json.loads(text, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError):
         raise InvalidArgument("Malformed JSON body") from None
+    except RecursionError:
+        # 64 KiB of "[" nests deeper than Python's JSON reader can follow.
+        raise InvalidArgument("JSON body nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidArgument("The JSON body must be an object")
     return body

@@ -49,6 +49,12 @@ def identifier(body, name, required=True):
         raise InvalidArgument(
             f"Field {name!r} must not contain control characters", field=name
         )
+    # MySQL compares VARCHAR with trailing spaces ignored (PAD SPACE), so
+    # "doc-1 " would be the same key as "doc-1" there but not on SQLite.
+    if value is not None and value != value.strip():
+        raise InvalidArgument(
+            f"Field {name!r} must not start or end with white space", field=name
+        )
     return value
 
 

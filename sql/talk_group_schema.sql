@@ -6,12 +6,12 @@
 -- tokens_valid_after: tokens issued before this time were revoked by a
 -- logout. wechat_unreachable is set when the user unfollowed the account.
 CREATE TABLE IF NOT EXISTS talk_user (
-  id VARCHAR(64) NOT NULL,
+  id VARCHAR(64) COLLATE utf8mb4_bin NOT NULL,
   name VARCHAR(100) NOT NULL,
   role VARCHAR(16) NOT NULL,
   avatar VARCHAR(1024) NULL,
-  getui_client_id VARCHAR(64) NULL,
-  wechat_open_id VARCHAR(64) NULL,
+  getui_client_id VARCHAR(64) COLLATE utf8mb4_bin NULL,
+  wechat_open_id VARCHAR(64) COLLATE utf8mb4_bin NULL,
   wechat_unreachable TINYINT NOT NULL DEFAULT 0,
   tokens_valid_after BIGINT NOT NULL DEFAULT 0,
   created_at BIGINT NOT NULL,
@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS talk_user (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 CREATE TABLE IF NOT EXISTS talk_group (
-  id VARCHAR(64) NOT NULL,
+  id VARCHAR(64) COLLATE utf8mb4_bin NOT NULL,
   name VARCHAR(100) NOT NULL,
   type INT NOT NULL,
   created_at BIGINT NOT NULL,
@@ -28,8 +28,8 @@ CREATE TABLE IF NOT EXISTS talk_group (
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
 CREATE TABLE IF NOT EXISTS talk_group_member (
-  group_id VARCHAR(64) NOT NULL,
-  user_id VARCHAR(64) NOT NULL,
+  group_id VARCHAR(64) COLLATE utf8mb4_bin NOT NULL,
+  user_id VARCHAR(64) COLLATE utf8mb4_bin NOT NULL,
   joined_at BIGINT NOT NULL,
   PRIMARY KEY (group_id, user_id),
   KEY idx_talk_group_member_user (user_id)

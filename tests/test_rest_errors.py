@@ -753,3 +753,18 @@ async def test_database_outage_returns_503(api, im, unique, monkeypatch):
 
     assert_error(status, answer, 503, "unavailable")
     assert_no_internals(response, "OperationalError")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_ids_with_edge_spaces_return_400(api, unique):
+    user = unique("doc")
+
+    path_status, path_answer, _ = await api.put(
+        f"/api/v1/users/{user}%20", {"name": "x", "role": "doctor"}
+    )
+    body_status, body_answer, _ = await api.post("/api/v1/chats/pm", {
+        "from": user, "to": f" {user}", "contentType": 1, "content": "hi",
+    })
+
+    assert_error(path_status, path_answer, 400, "invalid_argument", "id")
+    assert_error(body_status, body_answer, 400, "invalid_argument", "to")
