@@ -12,7 +12,14 @@ import os
 import secrets
 from dataclasses import dataclass, field, fields
 
+from services.origins import OriginPolicy
+
 PROFILES = ("dev", "test", "prod")
+LIMIT_SETTINGS = (
+    "ws_sends_per_second", "ws_max_sockets_per_user", "ws_max_unauthenticated_per_ip",
+    "rest_user_sends_per_second", "rest_user_send_burst",
+    "rest_ip_sends_per_second", "rest_ip_send_burst",
+)
 MIN_SECRET_BYTES = 32
 VERSION = "1.0.0"
 
@@ -48,12 +55,24 @@ class Config:
     ws_ping_timeout_seconds: float = 30.0
     ws_max_message_bytes: int = 64 * 1024
     ws_max_pending_output_bytes: int = 1024 * 1024
+    # Flood limits, kept in memory and so applied per process (see
+    # services/limits.py). A rate or cap of 0 turns that limit off.
     ws_sends_per_second: int = 20
+    ws_max_sockets_per_user: int = 10
+    ws_max_unauthenticated_per_ip: int = 100
+    # REST sends (POST /api/v1/chats/...): a token bucket per user (system
+    # tokens exempt) and one per client address.
+    rest_user_sends_per_second: float = 5.0
+    rest_user_send_burst: int = 20
+    rest_ip_sends_per_second: float = 100.0
+    rest_ip_send_burst: int = 200
     # Requests are read up to this size; bodies over 64 KiB get a JSON 413.
     max_body_bytes: int = 4 * 1024 * 1024
     recall_window_seconds: int = 120
     shutdown_grace_seconds: float = 10.0
-    # Origins whose pages may open the WebSocket; empty allows any origin.
+    # Browser origins that may call the REST API (CORS) and open the
+    # WebSocket: exact origins, "scheme://host:*" for any port, or "*".
+    # Empty allows none; requests without an Origin header always pass.
     allowed_origins: list = field(default_factory=list)
     # Redis URL for cluster mode (several processes); empty runs one process.
     redis_url: str = ""
@@ -119,6 +138,13 @@ ENVIRONMENT = {
     "IM_MAX_BATCH_SIZE": ("max_batch_size", int),
     "IM_SHUTDOWN_GRACE_SECONDS": ("shutdown_grace_seconds", float),
     "IM_ALLOWED_ORIGINS": ("allowed_origins", _comma_list),
+    "IM_WS_SENDS_PER_SECOND": ("ws_sends_per_second", int),
+    "IM_WS_MAX_SOCKETS_PER_USER": ("ws_max_sockets_per_user", int),
+    "IM_WS_MAX_UNAUTHENTICATED_PER_IP": ("ws_max_unauthenticated_per_ip", int),
+    "IM_REST_USER_SENDS_PER_SECOND": ("rest_user_sends_per_second", float),
+    "IM_REST_USER_SEND_BURST": ("rest_user_send_burst", int),
+    "IM_REST_IP_SENDS_PER_SECOND": ("rest_ip_sends_per_second", float),
+    "IM_REST_IP_SEND_BURST": ("rest_ip_send_burst", int),
     "IM_REDIS_URL": ("redis_url", str),
     "IM_PRESENCE_TTL_SECONDS": ("presence_ttl_seconds", float),
     "IM_HTTP_CONNECT_TIMEOUT_SECONDS": ("http_connect_timeout_seconds", float),
@@ -201,8 +227,26 @@ def _finish(config):
         )
     if config.wechat_app_id and not config.wechat_template_id:
         raise ConfigError("IM_WECHAT_TEMPLATE_ID is needed when IM_WECHAT_APP_ID is set")
+    _check_limits(config)
+    try:
+        OriginPolicy(config.allowed_origins)
+    except ValueError as error:
+        raise ConfigError(f"Invalid IM_ALLOWED_ORIGINS: {error}") from None
     if not config.node_name:
         config.node_name = f"{os.uname().nodename}:{config.port}"
+
+
+def _check_limits(config):
+    variables = {name: variable for variable, (name, _) in ENVIRONMENT.items()}
+    for name in LIMIT_SETTINGS:
+        if getattr(config, name) < 0:
+            raise ConfigError(f"{variables[name]} must be 0 (off) or positive")
+    for rate, burst in (("rest_user_sends_per_second", "rest_user_send_burst"),
+                        ("rest_ip_sends_per_second", "rest_ip_send_burst")):
+        if getattr(config, rate) > 0 and getattr(config, burst) < 1:
+            raise ConfigError(
+                f"{variables[burst]} must be at least 1 while {variables[rate]} is above 0"
+            )
 
 
 def _read_or_create_secret(path):

@@ -1,4 +1,7 @@
-"""Production: MySQL only; IM_DATABASE_URL and IM_SECRET are required."""
+"""Production: MySQL only; IM_DATABASE_URL and IM_SECRET are required.
+
+No browser origin may call the API until IM_ALLOWED_ORIGINS names it.
+"""
 
 SETTINGS = {
     "db_pool_size": 16,

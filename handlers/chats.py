@@ -15,6 +15,7 @@ class SendHandler(BaseHandler):
 
     async def post(self, kind):
         channel = PATH_CHANNELS[kind]
+        self.app.limits.check_rest_send(self.principal, self.request.remote_ip)
         if channel == "system":
             self.require_system()
         body = self.body

@@ -1,6 +1,7 @@
 """The patients' WebSocket at /ws: authentication, frames in and out."""
 
 import asyncio
+import collections
 import functools
 import json
 import logging
@@ -14,6 +15,7 @@ from services import validation
 from services.conversations import SYNC_CHANNELS
 from services.connections import encode_frame
 from services.dispatch import SendRequest
+from services.limits import WS_SOCKET_SENDS
 from services.errors import (
     ApiError,
     Forbidden,
@@ -29,6 +31,12 @@ logger = logging.getLogger(__name__)
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_TOO_SLOW = 4008
+# A socket over a cap: the user's sockets, or sockets waiting for a login
+# from one address.
+CLOSE_TOO_MANY = 4029
+# Live ids kept per channel and socket; a sync reply skips them. More than
+# a sync page, so a reply cannot reach past what is remembered.
+LIVE_IDS_REMEMBERED = 2000
 SYNC_DEFAULT_LIMIT = 200
 SYNC_MAX_LIMIT = 1000
 TYPING_INTERVAL_SECONDS = 1.0
@@ -50,16 +58,30 @@ class IMSocket(tornado.websocket.WebSocketHandler):
         self._tasks = set()
         # Largest message id written to this socket per channel.
         self._written_upto = {}
+        # Ids recently written live, per channel: (deque, set of its ids).
+        self._live_ids = {}
         # Frames waiting for the welcome frame: a list from login until the
         # welcome is sent, None before and after.
         self._held = None
+        # The address counted against the cap of sockets waiting for login.
+        self._waiting_from = None
 
     def check_origin(self, origin):
-        allowed = self.app.config.allowed_origins
-        return not allowed or origin in allowed
+        """Accept pages of allowed origins and of this server's own host.
+
+        Tornado calls this only for handshakes that carry an Origin header.
+        """
+        return self.app.origins.allows(origin) or super().check_origin(origin)
 
     def get_compression_options(self):
         return None
+
+    def log_exception(self, typ, value, tb):
+        # Tornado's own message prints the request URI, which may carry
+        # ?token=, so this one names the user and address instead.
+        user = self.principal.user_id if self.principal else "-"
+        logger.error("Unexpected error on the socket of %s from %s", user,
+                     self.request.remote_ip, exc_info=(typ, value, tb))
 
     # -- connection life -----------------------------------------------------
 
@@ -70,6 +92,11 @@ class IMSocket(tornado.websocket.WebSocketHandler):
         if token is not None:
             self._login(token)
             return
+        remote_ip = self.request.remote_ip
+        if not self.app.limits.admit_unauthenticated(remote_ip):
+            self.close(CLOSE_TOO_MANY, "too many sockets waiting for login")
+            return
+        self._waiting_from = remote_ip
         timeout = self.app.config.ws_login_timeout_seconds
         self._login_timer = asyncio.get_running_loop().call_later(
             timeout, self._close_unauthenticated
@@ -80,12 +107,17 @@ class IMSocket(tornado.websocket.WebSocketHandler):
             self.close(CLOSE_UNAUTHORIZED, "login timeout")
 
     def _login(self, token):
+        self._stop_waiting()
         try:
             principal = self.app.tokens.verify(token)
         except Unauthorized as error:
             logger.info("WebSocket login rejected from %s: %s",
                         self.request.remote_ip, error.message)
             self.close(CLOSE_UNAUTHORIZED, error.message)
+            return
+        open_sockets = len(self.app.registry.sockets_of(principal.user_id))
+        if not self.app.limits.admit_user_socket(principal.user_id, open_sockets):
+            self.close(CLOSE_TOO_MANY, "too many sockets for this user")
             return
         self.principal = principal
         if self._login_timer is not None:
@@ -120,7 +152,13 @@ class IMSocket(tornado.websocket.WebSocketHandler):
         for payload, message_key in held:
             self.send_encoded(payload, message_key)
 
+    def _stop_waiting(self):
+        if self._waiting_from is not None:
+            self.app.limits.release_unauthenticated(self._waiting_from)
+            self._waiting_from = None
+
     def on_close(self):
+        self._stop_waiting()
         for timer in (self._login_timer, self._expiry_timer):
             if timer is not None:
                 timer.cancel()
@@ -141,10 +179,10 @@ class IMSocket(tornado.websocket.WebSocketHandler):
 
         ``message_key`` is ``(channel, id)`` of a live message frame. Such a
         frame is skipped (and True returned) when this socket has already
-        written that id or a larger one of the channel: a sync reply can
-        replay a committed message whose live delivery is still pending, and
-        within one process live frames leave in id order, so every smaller
-        id was written already.
+        written that id or a larger one of the channel. A sync reply can
+        replay a committed message whose live delivery is still pending.
+        Live frames leave in id order, so every smaller id was written
+        already.
 
         A client that stops reading is closed with 4008 once its pending
         output passes the limit, instead of buffering without bound.
@@ -160,6 +198,7 @@ class IMSocket(tornado.websocket.WebSocketHandler):
             return False
         if message_key is not None:
             self._note_written(*message_key)
+            self._note_live(*message_key)
         return True
 
     def _write(self, payload):
@@ -181,6 +220,16 @@ class IMSocket(tornado.websocket.WebSocketHandler):
     def _note_written(self, channel, message_id):
         self._written_upto[channel] = max(self._written_upto.get(channel, 0), message_id)
 
+    def _note_live(self, channel, message_id):
+        """Remember a live id, so a later sync reply does not write it again."""
+        recent, members = self._live_ids.setdefault(
+            channel, (collections.deque(maxlen=LIVE_IDS_REMEMBERED), set())
+        )
+        if len(recent) == recent.maxlen:
+            members.discard(recent[0])
+        recent.append(message_id)
+        members.add(message_id)
+
     def send_error(self, error, ref=None):
         frame = {"type": "error", "code": error.code, "message": error.message}
         if error.field:
@@ -196,6 +245,10 @@ class IMSocket(tornado.websocket.WebSocketHandler):
             frame = json.loads(raw)
         except (ValueError, TypeError):
             self.send_error(InvalidArgument("Frame is not valid JSON"))
+            return
+        except RecursionError:
+            # A frame of up to 64 KiB can nest deeper than json.loads follows.
+            self.send_error(InvalidArgument("Frame nested too deeply"))
             return
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
             self.send_error(InvalidArgument("Frame must be an object with a type"))
@@ -254,9 +307,13 @@ class IMSocket(tornado.websocket.WebSocketHandler):
             self.send_error(Internal("Internal server error"), ref=client_msg_id)
 
     def _check_send_rate(self):
+        limit = self.app.config.ws_sends_per_second
+        if not limit:
+            return
         now = time.monotonic()
         self._send_times = [t for t in self._send_times if now - t < 1.0]
-        if len(self._send_times) >= self.app.config.ws_sends_per_second:
+        if len(self._send_times) >= limit:
+            self.app.limits.record(WS_SOCKET_SENDS, self.principal.user_id)
             raise RateLimited(
                 f"More than {self.app.config.ws_sends_per_second} sends a second"
             )
@@ -278,8 +335,14 @@ class IMSocket(tornado.websocket.WebSocketHandler):
 
     async def _sync(self, positions, limit):
         batches = await self.app.conversations.sync(self.principal.user_id, positions, limit)
+        # The reply can contain committed rows whose live frames are not
+        # written yet. Waiting lets those frames go first, so none follows it.
+        await self.app.dispatcher.settle()
         for channel, messages, has_more in batches:
+            live = self._live_ids.get(channel, ((), set()))[1]
             for message in messages:
+                if message["id"] in live:
+                    continue
                 if not self.send_frame({"type": "message", "message": message}):
                     return
                 self._note_written(channel, message["id"])

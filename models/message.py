@@ -46,6 +46,31 @@ def _merge_by_id(first, second, limit, descending):
     return unique[:limit]
 
 
+def _find_by_client_ids(conn, table, pairs, to_message, by_sender=True):
+    """Return {(sender, client_msg_id): message} for the pairs that exist.
+
+    ``pairs`` are (sender, client message id); each pair is one probe of
+    the (from_user, client_msg_id) unique index.
+    """
+    pairs = sorted(pairs)
+    if not pairs:
+        return {}
+    params, terms = {}, []
+    for n, (sender, client_msg_id) in enumerate(pairs):
+        params[f"c{n}"] = client_msg_id
+        if by_sender:
+            params[f"f{n}"] = sender
+            terms.append(f"(from_user = :f{n} AND client_msg_id = :c{n})")
+        else:
+            terms.append(f"client_msg_id = :c{n}")
+    rows = conn.query(f"SELECT * FROM {table} WHERE " + " OR ".join(terms), **params)
+    found = {}
+    for row in rows:
+        sender = row["from_user"] if by_sender else "system"
+        found[(sender, row["client_msg_id"])] = to_message(row)
+    return found
+
+
 def _common(row, message):
     if row.get("client_msg_id"):
         message["clientMsgId"] = row["client_msg_id"]
@@ -81,13 +106,8 @@ class MsgP2P:
         )
 
     @classmethod
-    def find_by_client_id(cls, conn, from_user, client_msg_id):
-        row = conn.get(
-            "SELECT * FROM msg_p2p WHERE from_user = :f AND client_msg_id = :c",
-            f=from_user,
-            c=client_msg_id,
-        )
-        return cls.to_message(row) if row else None
+    def find_by_client_ids(cls, conn, pairs):
+        return _find_by_client_ids(conn, "msg_p2p", pairs, cls.to_message, True)
 
     @staticmethod
     def get_row(conn, message_id, lock=False):
@@ -190,13 +210,8 @@ class MsgGroup:
         )
 
     @classmethod
-    def find_by_client_id(cls, conn, from_user, client_msg_id):
-        row = conn.get(
-            "SELECT * FROM msg_group WHERE from_user = :f AND client_msg_id = :c",
-            f=from_user,
-            c=client_msg_id,
-        )
-        return cls.to_message(row) if row else None
+    def find_by_client_ids(cls, conn, pairs):
+        return _find_by_client_ids(conn, "msg_group", pairs, cls.to_message, True)
 
     @staticmethod
     def get_row(conn, message_id, lock=False):
@@ -275,11 +290,8 @@ class MsgSystem:
         )
 
     @classmethod
-    def find_by_client_id(cls, conn, _from_user, client_msg_id):
-        row = conn.get(
-            "SELECT * FROM msg_system WHERE client_msg_id = :c", c=client_msg_id
-        )
-        return cls.to_message(row) if row else None
+    def find_by_client_ids(cls, conn, pairs):
+        return _find_by_client_ids(conn, "msg_system", pairs, cls.to_message, False)
 
     @staticmethod
     def get_row(conn, message_id, lock=False):

@@ -86,6 +86,30 @@ class MsgPush:
         )
 
     @staticmethod
+    def retry_later(conn, push_id, user_id, vendor, node, attempts, next_attempt_at,
+                    error, now):
+        """Queue another attempt of a failed push, unless a newer push replaces it.
+
+        After a failure the user should get one notification with the newest
+        message, not one per message. Messages that arrived while this
+        attempt was in flight have rows of their own, so this row is
+        cancelled when the same user and vendor have a newer row waiting or
+        being sent. Returns True when the row was cancelled.
+        """
+        newer = conn.scalar(
+            "SELECT COUNT(*) FROM msg_push WHERE user_id = :u AND vendor = :v"
+            " AND id > :id AND status IN ('pending', 'sending')",
+            u=user_id, v=vendor, id=push_id,
+        )
+        if newer:
+            MsgPush.finish(conn, push_id, node, CANCELLED, attempts, next_attempt_at,
+                           "superseded by a newer push", None, now)
+            return True
+        MsgPush.finish(conn, push_id, node, PENDING, attempts, next_attempt_at, error,
+                       None, now)
+        return False
+
+    @staticmethod
     def release_claims(conn, node, now):
         """Return rows this node had claimed to the queue (used at start-up)."""
         return conn.execute(
@@ -97,10 +121,17 @@ class MsgPush:
 
     @staticmethod
     def cancel_for_message(conn, channel, message_id, now):
+        """Cancel the unsent pushes of a recalled message.
+
+        A row with an attempt in flight is cancelled too, and its claim is
+        dropped, so ``finish`` ignores the outcome of that attempt and a
+        failed attempt is never retried.
+        """
         return conn.execute(
             "UPDATE msg_push SET status = 'cancelled', last_error = 'message recalled',"
-            " updated_at = :now WHERE channel = :c AND message_id = :m"
-            " AND status = 'pending'",
+            " claimed_by = NULL, claimed_until = 0, updated_at = :now"
+            " WHERE channel = :c AND message_id = :m"
+            " AND status IN ('pending', 'sending')",
             c=channel, m=message_id, now=now,
         )
 
@@ -120,6 +151,15 @@ class MsgPush:
             " WHERE vendor = :v AND vendor_message_id = :m",
             d=delivery_status[:32], now=now, v=vendor, m=str(vendor_message_id),
         )
+
+    @staticmethod
+    def has_vendor_message(conn, vendor, vendor_message_id):
+        """Whether a push row stores this vendor message id (WeChat msgid)."""
+        row = conn.get(
+            "SELECT id FROM msg_push WHERE vendor = :v AND vendor_message_id = :m",
+            v=vendor, m=str(vendor_message_id),
+        )
+        return row is not None
 
     @staticmethod
     def counts(conn):

@@ -52,19 +52,25 @@ class MsgStatistic:
         conn.executemany(_UPSERT[conn.dialect], rows)
 
     @staticmethod
-    def add_group_message(conn, group_id, sender, message_id, created_at):
-        """Count one group message for every member row except the sender's."""
+    def add_group_messages(conn, group_id, sent_by, last_id, last_at):
+        """Count new group messages on every member row but their senders'.
+
+        ``sent_by`` maps each sender to the number of the new messages it
+        sent; a member's own messages never count as unread.
+        """
+        total = sum(sent_by.values())
         conn.execute(
-            "UPDATE msg_statistic SET unread = unread + 1,"
+            "UPDATE msg_statistic SET unread = unread + :n,"
             " last_msg_id = :m, last_msg_at = :t"
-            " WHERE group_id = :g AND channel = 'group' AND user_id <> :u",
-            m=message_id, t=created_at, g=group_id, u=sender,
+            " WHERE group_id = :g AND channel = 'group'",
+            n=total, m=last_id, t=last_at, g=group_id,
         )
-        conn.execute(
-            "UPDATE msg_statistic SET last_msg_id = :m, last_msg_at = :t"
-            " WHERE group_id = :g AND channel = 'group' AND user_id = :u",
-            m=message_id, t=created_at, g=group_id, u=sender,
-        )
+        for sender, count in sorted(sent_by.items()):
+            conn.execute(
+                "UPDATE msg_statistic SET unread = unread - :n"
+                " WHERE group_id = :g AND channel = 'group' AND user_id = :u",
+                n=count, g=group_id, u=sender,
+            )
 
     @staticmethod
     def ensure(conn, keys, read_upto_id=0):

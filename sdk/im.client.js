@@ -569,7 +569,8 @@
       const channel = frame.channel;
       if (!request || !request.waitingFor.has(channel)) return;
       if (frame.hasMore) {
-        const start = this._nextSyncStart(channel);
+        // Servers that send lastId say where the batch ended; older ones do not.
+        const start = Number.isInteger(frame.lastId) ? frame.lastId : this._nextSyncStart(channel);
         if (start === null) {
           this._emit('error', {
             code: 'sync_stalled',

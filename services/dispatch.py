@@ -74,10 +74,17 @@ class ChannelWriter:
         self._max_batch = max_batch
         self._queue = []
         self._draining = False
+        # Resolved once the batch being stored now has been delivered.
+        self._batch_delivered = None
 
     @property
     def busy(self):
         return self._draining or bool(self._queue)
+
+    async def wait_for_current_batch(self):
+        """Wait until the batch being stored now, if any, has been delivered."""
+        if self._batch_delivered is not None:
+            await asyncio.shield(self._batch_delivered)
 
     def submit(self, request):
         future = asyncio.get_running_loop().create_future()
@@ -92,7 +99,12 @@ class ChannelWriter:
             while self._queue:
                 batch = self._queue[: self._max_batch]
                 del self._queue[: self._max_batch]
-                await self._store_and_deliver(batch)
+                self._batch_delivered = asyncio.get_running_loop().create_future()
+                try:
+                    await self._store_and_deliver(batch)
+                finally:
+                    self._batch_delivered.set_result(None)
+                    self._batch_delivered = None
         finally:
             self._draining = False
 
@@ -155,6 +167,22 @@ class Dispatcher:
         """
         return await self._writers[request.channel].submit(request)
 
+    async def settle(self):
+        """Wait until the batches being stored now have been delivered.
+
+        Their rows can be visible to other transactions before this process
+        learns that the commit succeeded. A reader that is about to write
+        rows it read to a socket waits here first, so no live frame of those
+        rows reaches the socket after them.
+
+        NOTE: in cluster mode frames come through the bus, which this does not
+        wait for. IMSocket.send_encoded drops a repeat on the same socket, but
+        a socket opened meanwhile by a resuming client can still get one.
+        """
+        await asyncio.gather(
+            *(writer.wait_for_current_batch() for writer in self._writers.values())
+        )
+
     async def drain(self):
         """Wait until every queued send has been stored and delivered."""
         while any(writer.busy for writer in self._writers.values()):
@@ -199,11 +227,21 @@ class Dispatcher:
         committed send of the channel.
         """
         model = MODELS[channel]
+        cache = _BatchCache(conn)
+        # Users are never deleted, so they can be checked before the lock,
+        # which keeps the lock's hold short. Membership and client message
+        # ids change under the lock, so they are read after it.
+        cache.prefetch_users(
+            {request.sender for request in requests if request.channel != "system"}
+            | {request.to for request in requests if request.to}
+        )
         first_id = MsgSequence.lock(conn, channel) + 1
         now = now_ms()
-        cache = _BatchCache(conn)
         outcomes, rows, stored = [], [], []
-        by_client_id = {}
+        by_client_id = model.find_by_client_ids(conn, {
+            (request.sender, request.client_msg_id)
+            for request in requests if request.client_msg_id
+        })
 
         for request in requests:
             try:
@@ -213,11 +251,8 @@ class Dispatcher:
                 continue
 
             if request.client_msg_id:
-                dedupe_key = (request.sender, request.client_msg_id)
-                earlier = by_client_id.get(dedupe_key)
-                existing = earlier.message if earlier else model.find_by_client_id(
-                    conn, request.sender, request.client_msg_id
-                )
+                earlier = by_client_id.get((request.sender, request.client_msg_id))
+                existing = earlier.message if isinstance(earlier, SendResult) else earlier
                 if existing is not None:
                     outcomes.append(SendResult(existing, False, False, recipients))
                     continue
@@ -288,10 +323,17 @@ class Dispatcher:
     def _count(conn, channel, stored):
         """Update every recipient's counters for the stored messages."""
         if channel == "group":
+            # One counter update per group and batch: every member gets the
+            # batch's count, less the messages it sent itself.
+            per_group = {}
             for request, result in stored:
-                MsgStatistic.add_group_message(
-                    conn, request.group, request.sender,
-                    result.message["id"], result.message["timestamp"],
+                entry = per_group.setdefault(request.group, {"senders": {}})
+                entry["senders"][request.sender] = entry["senders"].get(request.sender, 0) + 1
+                entry["last_id"] = result.message["id"]
+                entry["last_at"] = result.message["timestamp"]
+            for group_id, entry in sorted(per_group.items()):
+                MsgStatistic.add_group_messages(
+                    conn, group_id, entry["senders"], entry["last_id"], entry["last_at"]
                 )
             return
 
@@ -351,6 +393,11 @@ class _BatchCache:
         self._users = {}
         self._groups = {}
         self._members = {}
+
+    def prefetch_users(self, user_ids):
+        existing = TalkUser.existing_ids(self._conn, user_ids)
+        for user_id in user_ids:
+            self._users[user_id] = user_id in existing
 
     def user_exists(self, user_id):
         if user_id not in self._users:

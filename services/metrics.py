@@ -7,6 +7,8 @@ collector), so the hot paths only bump plain integers.
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from services.limits import KINDS as LIMIT_KINDS
+
 REQUEST_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                            0.5, 1.0, 2.5, 5.0)
 
@@ -62,6 +64,14 @@ class _StateCollector:
 
         yield CounterMetricFamily("im_scheduled_sent", "Delayed messages sent",
                                   value=im.schedules.sent_count)
+
+        limited = CounterMetricFamily(
+            "im_rate_limited", "Sends and sockets rejected by a flood limit",
+            labels=["kind"],
+        )
+        for kind in LIMIT_KINDS:
+            limited.add_metric([kind], im.limits.hits[kind])
+        yield limited
 
         pool = im.db.engine.pool
         if hasattr(pool, "checkedout"):

@@ -8,13 +8,14 @@ own job, so a failing vendor never delays the other.
 """
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
 import time
 from dataclasses import dataclass
 
-from models.push import CANCELLED, FAILED, PENDING, SENT, MsgPush, VendorToken
+from models.push import CANCELLED, FAILED, SENT, MsgPush, VendorToken
 from models.statistic import MsgStatistic
 from models.user import TalkUser
 from services.push_outcome import PushStatus, seconds_until_next_day
@@ -27,6 +28,9 @@ CLAIM_LEASE_SECONDS = 60
 CLAIM_BATCH_SIZE = 50
 EXCERPT_CHARS = 60
 MEDIA_EXCERPTS = {2: "[图片]", 3: "[语音]", 4: "[链接]", 5: "[文件]"}
+# Getui's request_id takes 10-32 characters. WeChat documents no limit for
+# client_msg_id, and services.wechat accepts at most 32.
+MAX_REQUEST_ID_CHARS = 32
 
 
 def excerpt_of(message):
@@ -36,6 +40,24 @@ def excerpt_of(message):
         return label
     text = " ".join(message["content"].split())
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 1] + "…"
+
+
+def push_request_id(row):
+    """Return the Getui request_id and WeChat client_msg_id of an outbox row.
+
+    Both vendors drop a repeated id. Every attempt for one message reuses
+    its id, so a retry after a lost response is not shown twice. A row
+    rewritten with a newer message gets a new id, because the vendor would
+    otherwise drop the newer message when an earlier attempt had been
+    delivered. The form is ``im<row id, 8 digits><channel letter><message
+    id>``, replaced by the first 32 hex digits of its SHA-256 when it is
+    longer than 32 characters.
+    """
+    request_id = f"im{row['id']:08d}{row['channel'][0]}{row['message_id']}"
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        request_id = hashlib.sha256(request_id.encode("ascii")).hexdigest()
+        request_id = request_id[:MAX_REQUEST_ID_CHARS]
+    return request_id
 
 
 @dataclass(frozen=True)
@@ -176,7 +198,7 @@ class PushSender:
         await self._record(row, outcome)
 
     async def _call_vendor(self, row, payload, target):
-        request_id = f"im-push-{row['id']:010d}"
+        request_id = push_request_id(row)
         if self.vendor == GETUI:
             click = {
                 "channel": payload["channel"],
@@ -218,11 +240,19 @@ class PushSender:
                          self.vendor, row["id"], delay)
         else:
             delay = outcome.retry_after_seconds or self._retry.backoff_seconds(attempts)
+        next_at = int((time.time() + delay) * 1000)
+        superseded = await self._db.run_transaction(
+            MsgPush.retry_later, row["id"], row["user_id"], self.vendor, self._node,
+            attempts, next_at, outcome.detail, int(time.time() * 1000),
+        )
+        if superseded:
+            logger.warning("Push %s to %s via %s failed and a newer push replaces it"
+                           " (attempt %d): %s", row["id"], row["user_id"], self.vendor,
+                           attempts, outcome.detail)
+            return
         logger.warning("Push %s to %s via %s will retry in %.1f s (attempt %d): %s",
                        row["id"], row["user_id"], self.vendor, delay, attempts,
                        outcome.detail)
-        next_at = int((time.time() + delay) * 1000)
-        await self._finish(row, PENDING, attempts, outcome.detail, next_at=next_at)
 
     async def _drop_target(self, row):
         """Forget a device or openid the vendor says can no longer receive pushes."""
