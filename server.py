@@ -172,7 +172,7 @@ async def _shut_down(im, server):
                        im.config.shutdown_grace_seconds)
     # A WebSocket upgrade that was in progress above has opened a socket since.
     _close_sockets(im)
-    if not await _finish_running_jobs(im.jobs, deadline - loop.time()):
+    if not await im.jobs.finish_running(deadline - loop.time()):
         logger.warning("Job runs still in progress after %.0f s; cancelling them",
                        im.config.shutdown_grace_seconds)
     await im.stop()
@@ -182,29 +182,6 @@ async def _shut_down(im, server):
 def _close_sockets(im):
     for socket in im.registry.all_sockets():
         socket.close(CLOSE_GOING_AWAY, "server shutting down")
-
-
-async def _finish_running_jobs(jobs, timeout):
-    """Pause the scheduler and wait for job runs in progress.
-
-    Return False when some are still running after ``timeout`` seconds.
-
-    APScheduler 3.11's AsyncIOExecutor.shutdown() cancels runs in progress,
-    so Jobs.stop() may only follow once they have ended.
-    """
-    # NOTE: this reads private attributes of Jobs and of APScheduler's
-    # executor. It belongs in Jobs.stop().
-    scheduler = jobs._scheduler
-    if not scheduler.running:
-        return True
-    scheduler.pause()
-    running = [future for executor in scheduler._executors.values()
-               for future in getattr(executor, "_pending_futures", ())
-               if not future.done()]
-    if not running:
-        return True
-    _, pending = await asyncio.wait(running, timeout=max(timeout, 0))
-    return not pending
 
 
 class DrainingHTTPServer(tornado.httpserver.HTTPServer):
