@@ -72,7 +72,7 @@ class Config:
     shutdown_grace_seconds: float = 10.0
     # Browser origins that may call the REST API (CORS) and open the
     # WebSocket: exact origins, "scheme://host:*" for any port, or "*".
-    # Empty allows none; requests without an Origin header always pass.
+    # Empty allows none. Requests without an Origin header always pass.
     allowed_origins: list = field(default_factory=list)
     # Redis URL for cluster mode (several processes); empty runs one process.
     redis_url: str = ""

@@ -44,7 +44,7 @@ SECRET_QUERY = re.compile(
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 # CORS: what a page of an allowed origin may send and read, and how long a
-# browser may cache a preflight answer (Chromium caps it at 2 hours).
+# browser may cache a preflight response (Chromium caps it at 2 hours).
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-Id"
 CORS_EXPOSE_HEADERS = "Retry-After, X-Request-Id"
 CORS_MAX_AGE_SECONDS = 600
@@ -70,7 +70,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def set_default_headers(self):
         # Tornado calls this again when an error replaces the response, so
-        # error answers keep their request id and CORS headers.
+        # error responses keep their request id and CORS headers.
         request_id = getattr(self, "request_id", None)
         if request_id:
             self.set_header("X-Request-Id", request_id)
@@ -85,7 +85,8 @@ class BaseHandler(tornado.web.RequestHandler):
         self.request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex[:16]
         self.set_header("X-Request-Id", self.request_id)
         if self.request.method == "OPTIONS":
-            # Browsers send preflights without credentials; see options().
+            # Browsers send preflights without credentials, so options()
+            # runs without a token.
             return
         if self.auth_required:
             self.principal = self._authenticate()
@@ -111,7 +112,7 @@ class BaseHandler(tornado.web.RequestHandler):
         return self.app.tokens.verify(token.strip())
 
     def options(self, *path_args):
-        """Answer a CORS preflight, or list the methods of a plain OPTIONS.
+        """Respond to a CORS preflight, or list the methods of a plain OPTIONS.
 
         A preflight from an origin outside ``allowed_origins`` gets 403 and
         no CORS headers. The browser itself checks the requested method and
@@ -197,10 +198,10 @@ class BaseHandler(tornado.web.RequestHandler):
         error = _api_error(kwargs.get("exc_info"), status_code)
         self.set_status(error.status)
         if isinstance(error, ApiError) and getattr(error, "retry_after_seconds", None):
-            # Retry-After takes whole seconds; rounding down could ask for 0.
+            # Retry-After takes whole seconds, and rounding down could ask for 0.
             self.set_header("Retry-After", str(max(1, math.ceil(error.retry_after_seconds))))
         if error.status == 405:
-            # RFC 9110 section 15.5.6: a 405 lists the methods the resource has.
+            # HTTP (RFC 9110) requires a 405 to list the resource's methods.
             self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.clear_header("Content-Disposition")

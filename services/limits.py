@@ -15,7 +15,7 @@ from services.errors import RateLimited
 logger = logging.getLogger(__name__)
 
 # A limit hit is logged at most once per minute per limit and key (user id
-# or address); the next log line says how many hits it left out.
+# or address). The next log line reports how many hits it left out.
 LOG_INTERVAL_SECONDS = 60.0
 PRUNE_INTERVAL_SECONDS = 60.0
 
@@ -115,7 +115,7 @@ class Limits:
     def admit_unauthenticated(self, remote_ip):
         """Count a socket waiting for its login; False when the address is full.
 
-        A True answer must be paired with one ``release_unauthenticated``.
+        Each True result must be paired with one ``release_unauthenticated``.
         """
         cap = self._config.ws_max_unauthenticated_per_ip
         if cap and self._unauthenticated[remote_ip] >= cap:

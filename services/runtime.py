@@ -3,7 +3,7 @@
 import logging
 import time
 
-from tornado.httpclient import AsyncHTTPClient
+from tornado.curl_httpclient import CurlAsyncHTTPClient
 
 from conf import VERSION
 from models.db import Database
@@ -84,11 +84,10 @@ class IMServer:
 
     def _make_push_senders(self):
         config = self.config
-        AsyncHTTPClient.configure(
-            "tornado.curl_httpclient.CurlAsyncHTTPClient",
-            max_clients=config.http_max_clients,
-        )
-        http = AsyncHTTPClient()
+        # An instance of its own: AsyncHTTPClient.configure() would switch
+        # every AsyncHTTPClient() of the process to curl, other code's too.
+        http = CurlAsyncHTTPClient(force_instance=True,
+                                   max_clients=config.http_max_clients)
         timeouts = {
             "connect_timeout": config.http_connect_timeout_seconds,
             "request_timeout": config.http_request_timeout_seconds,
