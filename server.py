@@ -61,8 +61,9 @@ def main(argv):
     logging.getLogger().setLevel(config.log_level.upper())
     # Start, stop and the profile in use are logged at every log level.
     logger.setLevel(logging.INFO)
-    # APScheduler logs every job run at INFO: once a second per job.
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # APScheduler logs every job run at INFO, and a run skipped because the
+    # previous one is still going at WARNING. Jobs logs failures itself.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)
 
     if command == "initdb":
         return initdb(config)
