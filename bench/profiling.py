@@ -36,7 +36,10 @@ KEY_FUNCTIONS = [
 
 def parse(path):
     """Yield ``(thread name, [frames root first], count)`` from a raw file."""
-    with open(path, encoding="utf-8", errors="replace") as raw:
+    # Only "\n" ends a record: a frame name read while the process ran
+    # (--nonblocking) can contain a stray "\r", which universal newlines
+    # would take for a line break.
+    with open(path, encoding="utf-8", errors="replace", newline="\n") as raw:
         for line in raw:
             line = line.rstrip("\n")
             if not line:
