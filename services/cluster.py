@@ -18,8 +18,8 @@ Enabled by IM_REDIS_URL. Three things cross processes:
 When Redis cannot be reached, each process keeps serving its own sockets
 directly and logs the outage. A process publishes a batch only while its
 own subscription is up, because otherwise its own sockets would never see
-it. Batches that were never published leave a gap in the ids that the
-next published batch reveals; each node then reads the gap from the
+it. Batches that were never published leave a gap in the ids, which the
+next published batch reveals. Each node then reads the gap from the
 database and writes it first (``_deliver_batches``).
 
 NOTE: while a node's own Redis link is down, its sockets see its own sends
@@ -209,11 +209,11 @@ class ClusterBus:
         """Write published batches in arrival order, filling gaps first.
 
         The ids of one batch are consecutive, and batches of a channel are
-        published in id order, so a batch that does not start right after
-        the last one seen means some batch was never published (a node
-        whose Redis link was down, or a failed publish). The missing range
-        is read from the database and written first, which keeps live
-        frames gap-free and in id order on this node.
+        published in id order. A batch that does not start right after the
+        last one seen therefore means some batch was never published, by a
+        node whose Redis link was down or whose publish failed. The missing
+        range is read from the database and written first, which keeps
+        live frames gap-free and in id order on this node.
         """
         while True:
             event = await self._batches.get()

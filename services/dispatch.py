@@ -163,7 +163,7 @@ class Dispatcher:
 
         Raises ApiError for a request the data rejects (unknown user or
         group, not a member) and DatabaseUnavailable when the database is
-        down; nothing is stored or delivered then.
+        down. Nothing is stored or delivered then.
         """
         return await self._writers[request.channel].submit(request)
 
@@ -436,7 +436,7 @@ def _row_for(request, message_id, now):
 
 
 def _message_for(request, message_id, now):
-    """The API message object of a new message, as models would read it back."""
+    """Build the API message object of a new message, as models read it back."""
     message = {"id": message_id, "channel": request.channel}
     if request.channel == "p2p":
         message.update({"from": request.sender, "to": request.to})
