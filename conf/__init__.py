@@ -48,9 +48,9 @@ class Config:
     # Writes per channel collected into one transaction (group commit).
     max_batch_size: int = 200
     ws_login_timeout_seconds: float = 10.0
-    # A ping every interval; a socket with no pong within the timeout after
-    # a ping is dropped, so a silent socket goes after at most 60 s.
-    # Tornado 6.6 caps the timeout at the interval.
+    # The server pings every interval and drops a socket with no pong within
+    # the timeout, so a silent socket goes after at most 60 s. Tornado 6.6
+    # caps the timeout at the interval.
     ws_ping_interval_seconds: float = 30.0
     ws_ping_timeout_seconds: float = 30.0
     ws_max_message_bytes: int = 64 * 1024

@@ -224,7 +224,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
 
 def query_int(handler, name, minimum, maximum, default=None):
-    """An integer query argument, or ``default`` when it is absent."""
+    """Return an integer query argument, or ``default`` when it is absent."""
     raw = handler.get_query_argument(name, None)
     if raw is None or raw == "":
         return default
@@ -240,7 +240,7 @@ def query_int(handler, name, minimum, maximum, default=None):
 
 
 def query_id(handler, name, required=True):
-    """A user or group id from the query string."""
+    """Return a user or group id from the query string."""
     value = handler.get_query_argument(name, None)
     if value is None or value == "":
         if required:

@@ -62,7 +62,7 @@ class IMSocket(tornado.websocket.WebSocketHandler):
         self._live_ids = {}
         # Frames waiting for the welcome frame: a list from login until the
         # welcome is sent, None before and after.
-        self._held = None
+        self._frames_before_welcome = None
         # The address counted against the cap of sockets waiting for login.
         self._waiting_from = None
 
@@ -126,7 +126,7 @@ class IMSocket(tornado.websocket.WebSocketHandler):
         self._expiry_timer = asyncio.get_running_loop().call_later(
             max(expires_in, 0), self.close, CLOSE_UNAUTHORIZED, "token expired"
         )
-        self._held = []
+        self._frames_before_welcome = []
         self.socket_id = self.app.registry.add(principal.user_id, self)
         logger.debug("Socket opened for %s", principal.user_id)
         self._spawn(self._welcome())
@@ -135,7 +135,7 @@ class IMSocket(tornado.websocket.WebSocketHandler):
         """Send ``welcome`` first, then the frames that arrived meanwhile.
 
         The socket is registered before the unread total is read, so no live
-        message is missed; frames for it wait in ``_held`` until then.
+        message is missed. Frames for it wait in ``_frames_before_welcome``.
         """
         user_id = self.principal.user_id
         try:
@@ -143,13 +143,14 @@ class IMSocket(tornado.websocket.WebSocketHandler):
         except DatabaseUnavailable as error:
             # The socket still works for live frames; the client learns the
             # count from its next read or the recent list.
-            logger.warning("No unread total for welcome of %s: %s", user_id, error)
+            logger.warning("Could not read the unread total for the welcome of %s: %s",
+                           user_id, error)
             total = None
-        held, self._held = self._held, None
+        waiting, self._frames_before_welcome = self._frames_before_welcome, None
         self._write(encode_frame(
             {"type": "welcome", "userId": user_id, "totalUnread": total}
         ))
-        for payload, message_key in held:
+        for payload, message_key in waiting:
             self.send_encoded(payload, message_key)
 
     def _stop_waiting(self):
@@ -187,8 +188,8 @@ class IMSocket(tornado.websocket.WebSocketHandler):
         A client that stops reading is closed with 4008 once its pending
         output passes the limit, instead of buffering without bound.
         """
-        if self._held is not None:
-            self._held.append((payload, message_key))
+        if self._frames_before_welcome is not None:
+            self._frames_before_welcome.append((payload, message_key))
             return True
         if message_key is not None:
             channel, message_id = message_key

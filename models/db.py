@@ -32,6 +32,12 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached or dropped the connection."""
 
 
+def in_list(values, prefix="v"):
+    """Build ``(":v0, :v1, ...", params)`` for an ``IN (...)`` of named parameters."""
+    params = {f"{prefix}{n}": value for n, value in enumerate(values)}
+    return ", ".join(f":{name}" for name in params), params
+
+
 class Connection:
     """One connection inside a transaction, with the records-style helpers."""
 

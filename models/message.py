@@ -6,12 +6,14 @@ the transaction. Rows come back as API message objects (camelCase dicts).
 
 import json
 
+from models.db import in_list
+
 # A page query reads one row past the limit to learn whether more exist.
 PAGE_PROBE = 1
 
 
 def conv_key(user_a, user_b):
-    """The key shared by both directions of a p2p conversation."""
+    """Return the key shared by both directions of a p2p conversation."""
     return f"{user_a}|{user_b}" if user_a <= user_b else f"{user_b}|{user_a}"
 
 
@@ -116,7 +118,7 @@ class MsgP2P:
 
     @classmethod
     def page(cls, conn, user_id, peer_id, before_id, after_id, limit):
-        """A history page of one conversation, or of all of a user's."""
+        """Return a history page of one conversation, or of all of a user's."""
         if peer_id is not None:
             return _page(
                 conn, "SELECT * FROM msg_p2p", "conv_key = :key",
@@ -143,8 +145,8 @@ class MsgP2P:
     def _to_or_from(conn, user_id, before_id, after_id, limit):
         """Up to ``limit`` rows to and up to ``limit`` rows from a user, unsorted.
 
-        Two index range scans (to and from) run as one UNION statement: an OR
-        across two columns would make MySQL scan far more rows, and two
+        Two index range scans (to and from) run as one UNION statement. An OR
+        across two columns would make MySQL scan far more rows. Two separate
         statements would read two snapshots under READ COMMITTED, so a page
         could show a later message without an earlier one committed between
         them.
@@ -334,8 +336,7 @@ def _by_ids(conn, table, ids, to_message):
     ids = sorted({int(i) for i in ids})
     if not ids:
         return {}
-    placeholders = ", ".join(f":i{n}" for n in range(len(ids)))
-    params = {f"i{n}": value for n, value in enumerate(ids)}
+    placeholders, params = in_list(ids)
     rows = conn.query(f"SELECT * FROM {table} WHERE id IN ({placeholders})", **params)
     return {row["id"]: to_message(row) for row in rows}
 

@@ -154,7 +154,7 @@ class MsgPush:
 
     @staticmethod
     def has_vendor_message(conn, vendor, vendor_message_id):
-        """Whether a push row stores this vendor message id (WeChat msgid)."""
+        """Return whether a push row stores this vendor message id (WeChat msgid)."""
         row = conn.get(
             "SELECT id FROM msg_push WHERE vendor = :v AND vendor_message_id = :m",
             v=vendor, m=str(vendor_message_id),

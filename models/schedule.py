@@ -1,9 +1,10 @@
 """msg_schedule: messages waiting for their ``sendAt`` time.
 
 Row life: ``waiting`` → claimed as ``sending`` for a lease → ``sent`` (with
-the stored message id) or ``failed``; ``cancelled`` by a DELETE while still
-waiting. A ``sending`` row whose lease ran out is claimed again; the send
-repeats with the same client message id, so it stores nothing twice.
+the stored message id) or ``failed``. A DELETE while still waiting sets
+``cancelled``. A ``sending`` row whose lease ran out is claimed again, and
+the send repeats with the same client message id, so it stores nothing
+twice.
 """
 
 WAITING, SENDING, SENT, FAILED, CANCELLED = (

@@ -2,7 +2,9 @@
 
 Rows are keyed by (user_id, channel, peer_id, group_id); the system
 conversation has both ids empty. Writers that touch several rows sort them
-by that key first, so two transactions never wait on each other in a cycle.
+by that key first, so two such writers do not wait on each other in a
+cycle. A deadlock that still happens (a group-wide UPDATE locks rows in
+index order) is retried by Database.transaction.
 """
 
 

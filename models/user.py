@@ -1,8 +1,10 @@
-"""talk_user: the people the server knows, with their push registrations."""
+"""talk_user: the registered users, with their push registrations."""
+
+from models.db import in_list
 
 
 def to_user(row, private=True):
-    """The API user object; ``private`` adds push registrations."""
+    """Build the API user object; ``private`` adds push registrations."""
     user = {
         "id": row["id"],
         "name": row["name"],
@@ -24,23 +26,15 @@ class TalkUser:
 
     @staticmethod
     def existing_ids(conn, user_ids):
-        ids = sorted(set(user_ids))
-        if not ids:
-            return set()
-        placeholders = ", ".join(f":i{n}" for n in range(len(ids)))
-        params = {f"i{n}": value for n, value in enumerate(ids)}
-        rows = conn.query(
-            f"SELECT id FROM talk_user WHERE id IN ({placeholders})", **params
-        )
-        return {row["id"] for row in rows}
+        return set(TalkUser.by_ids(conn, user_ids))
 
     @staticmethod
     def by_ids(conn, user_ids):
+        """Return ``{id: row}`` for the users that exist among ``user_ids``."""
         ids = sorted(set(user_ids))
         if not ids:
             return {}
-        placeholders = ", ".join(f":i{n}" for n in range(len(ids)))
-        params = {f"i{n}": value for n, value in enumerate(ids)}
+        placeholders, params = in_list(ids)
         rows = conn.query(
             f"SELECT * FROM talk_user WHERE id IN ({placeholders})", **params
         )
@@ -48,7 +42,7 @@ class TalkUser:
 
     @staticmethod
     def upsert(conn, user_id, fields, now):
-        """Create or update a user; ``fields`` holds column values to set."""
+        """Create or update a user; ``fields`` maps columns to the values to set."""
         current = conn.get(
             "SELECT * FROM talk_user WHERE id = :id" + conn.for_update, id=user_id
         )

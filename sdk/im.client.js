@@ -569,7 +569,7 @@
       const channel = frame.channel;
       if (!request || !request.waitingFor.has(channel)) return;
       if (frame.hasMore) {
-        // Servers that send lastId say where the batch ended; older ones do not.
+        // lastId is where the batch ended; servers before it was added send none.
         const start = Number.isInteger(frame.lastId) ? frame.lastId : this._nextSyncStart(channel);
         if (start === null) {
           this._emit('error', {

@@ -13,7 +13,7 @@ ALGORITHM = "HS256"
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request or socket acts as, taken from a verified token."""
+    """The identity a request or socket acts as, taken from a verified token."""
 
     user_id: str
     role: str

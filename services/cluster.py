@@ -23,9 +23,8 @@ next published batch reveals. Each node then reads the gap from the
 database and writes it first (``_deliver_batches``).
 
 NOTE: while a node's own Redis link is down, its sockets see its own sends
-at once but other nodes' sends only when the link returns (or through
-``sync``), so during the outage a socket there can see a later id before
-an earlier one.
+at once. They see other nodes' sends only when the link returns or through
+``sync``, so during the outage a socket there can see a later id first.
 """
 
 import asyncio

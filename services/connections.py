@@ -3,7 +3,7 @@
 The registry maps a user id to its open sockets (several devices each).
 Sockets are added and removed on the IOLoop; ``is_online`` and
 ``online_users`` may also be read from a database worker thread, where a
-stale answer only changes whether a push is queued. In cluster mode
+stale result only changes whether a push is queued. In cluster mode
 (``bus`` set) frames and presence also reach the other processes.
 """
 

@@ -25,7 +25,7 @@ class Conversations:
     # -- history -------------------------------------------------------------
 
     async def page(self, channel, user_id, target, before_id, after_id, limit):
-        """One history page; ``target`` is the peer (p2p) or the group id.
+        """Return one history page; ``target`` is the peer (p2p) or the group id.
 
         Raises NotFound for an unknown group or peer, Forbidden when the
         user is not a member of the group.

@@ -1,8 +1,8 @@
 """The error family every layer raises and the edges render.
 
-Each error carries an HTTP status and a stable machine code; handlers turn it
-into ``{"error": {"code", "message", "field"?}}`` and WebSocket errors into
-an ``error`` frame with the same code.
+Each error carries an HTTP status and a stable machine code. Handlers turn
+it into ``{"error": {"code", "message", "field"?}}``, and the socket into an
+``error`` frame with the same code.
 """
 
 

@@ -34,7 +34,7 @@ MAX_REQUEST_ID_CHARS = 32
 
 
 def excerpt_of(message):
-    """The notification text of a message: its text, or a media label."""
+    """Return the notification text of a message: its text, or a media label."""
     label = MEDIA_EXCERPTS.get(message["contentType"])
     if label is not None:
         return label
@@ -255,7 +255,7 @@ class PushSender:
                        outcome.detail)
 
     async def _drop_target(self, row):
-        """Forget a device or openid the vendor says can no longer receive pushes."""
+        """Forget a device or openid that the vendor reported as unable to receive pushes."""
         if self.vendor == GETUI:
             sql = "UPDATE talk_user SET getui_client_id = NULL WHERE id = :id"
         else:

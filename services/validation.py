@@ -43,7 +43,7 @@ def string(body, name, max_chars, required=True, min_chars=1):
 
 
 def identifier(body, name, required=True):
-    """A user, group or client message id: 1-64 characters, no control codes."""
+    """Check a user, group or client message id: 1-64 characters, no control codes."""
     value = string(body, name, MAX_ID_CHARS, required=required)
     if value is not None and not value.isprintable():
         raise InvalidArgument(
@@ -126,7 +126,7 @@ def check_url(value, name):
 
 
 def id_list(body, name, max_items, required=True):
-    """A list of distinct user ids, order kept."""
+    """Check a list of user ids; return it without repeats, order kept."""
     if not required and body.get(name) is None:
         return None
     value = require(body, name)
@@ -134,7 +134,7 @@ def id_list(body, name, max_items, required=True):
         raise InvalidArgument(f"Field {name!r} must be a list of ids", field=name)
     if len(value) > max_items:
         raise InvalidArgument(
-            f"Field {name!r} holds at most {max_items} ids", field=name
+            f"Field {name!r} may contain at most {max_items} ids", field=name
         )
     result = []
     for item in value:
@@ -150,7 +150,7 @@ def id_list(body, name, max_items, required=True):
 
 
 def at_list(body):
-    """The ``at`` list of a group message: ids, or ``["all"]`` alone."""
+    """Check the ``at`` list of a group message: ids, or ``["all"]`` alone."""
     ids = id_list(body, "at", MAX_AT_IDS, required=False)
     if ids and "all" in ids and len(ids) > 1:
         raise InvalidArgument("'all' must stand alone in 'at'", field="at")

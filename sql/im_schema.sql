@@ -112,7 +112,7 @@ CREATE TABLE IF NOT EXISTS msg_push (
   KEY idx_msg_push_vendor_msg (vendor, vendor_message_id)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci;
 
--- Delayed messages. request holds the validated send request as JSON.
+-- Delayed messages. request is the validated send request as JSON.
 -- status: waiting, sent, cancelled.
 CREATE TABLE IF NOT EXISTS msg_schedule (
   id BIGINT NOT NULL AUTO_INCREMENT,
